@@ -1,0 +1,97 @@
+"""The `dlrun` command. Hydra parses the command line and composes the config; the work is done
+by `dlrun.train.train_and_evaluate`. This module only adds what a command line needs:
+
+* bad input (unknown option, misspelt key, wrong type, out-of-range value, missing or corrupt
+  data) is reported as ONE line `dlrun: error: ...` with exit code 2 and no traceback, and the
+  run directory Hydra created for that run is removed again, so nothing half-written stays;
+* run directories are unique even for runs started in the same second (`${dlrun_uid:}`).
+Set DLRUN_DEBUG=1 to get the full traceback instead.
+"""
+import time
+
+STARTED_AT = time.perf_counter()  # "start to first step" is measured from here
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import HydraException, MissingConfigException  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+
+from dlrun.errors import DlrunError  # noqa: E402
+
+log = logging.getLogger("dlrun")
+_UID = secrets.token_hex(3)  # one per process: all jobs of a sweep share the sweep directory
+OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
+
+
+@hydra.main(config_path="pkg://dlrun.conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float:
+    from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
+
+    hc = HydraConfig.get()
+    workdir = Path(hc.runtime.output_dir)
+    log.info("run dir: %s", workdir.resolve())
+    try:
+        summary = train_and_evaluate(cfg, str(workdir), started_at=STARTED_AT)
+    except DlrunError:
+        discard_run_dir(workdir, Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
+        raise
+    log.info("run dir: %s", workdir.resolve())
+    final = summary["final"]
+    return float(final.get("val_error", final.get("test_error", final["train_error"])))
+
+
+def discard_run_dir(workdir: Path, sweep_dir: Path | None) -> None:
+    """Remove what Hydra created for a run that failed validation, then empty parents."""
+    logging.shutdown()  # close the run's log file before removing it
+    shutil.rmtree(workdir, ignore_errors=True)
+    if sweep_dir is not None and not any(sweep_dir.glob("*/summary.json")):
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+    parent = (sweep_dir or workdir).parent
+    cwd = Path.cwd().resolve()
+    while parent.exists() and parent.resolve() != cwd and not any(parent.iterdir()):
+        if parent.name == "outputs":  # the project's kept, git-ignored outputs/ directory
+            break
+        parent.rmdir()
+        parent = parent.parent
+
+
+def one_line(exc: BaseException) -> str:
+    """A single-line, actionable description of a user error."""
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = (exc.missing_cfg_file or "").rpartition("/")
+        return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
+    cause = exc.__cause__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
+        key = getattr(cause, "full_key", "?")
+        return (f"{key} is not a setting of this config (misspelt?); "
+                f"`dlrun --cfg job` lists the valid keys")
+    if cause is not None and str(cause).strip():
+        text += " " + str(cause).strip().splitlines()[0]
+    return text
+
+
+def main() -> None:
+    """Console entry point: run Hydra, turning user errors into one line and exit code 2."""
+    debug = os.environ.get("DLRUN_DEBUG") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    try:
+        _hydra_main()
+    except (DlrunError, HydraException, OmegaConfBaseException) as exc:
+        if debug:
+            raise
+        print(f"dlrun: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

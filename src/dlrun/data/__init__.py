@@ -1,0 +1,1 @@
+"""Package data: the bundled MNIST sample (mnist_sample.npz) and its licence."""

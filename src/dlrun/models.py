@@ -1,0 +1,169 @@
+"""Models: the `model` config group. Name -> builder of a Flax Linen module that returns logits.
+
+Every model is called as `module.apply({'params': p}, x, train=bool, rngs={'dropout': key})`
+with `x` of shape (B, 28, 28, 1) float32 and returns logits (B, num_classes). Dropout rates are
+model arguments (they come from `regularizer=dropout`, see regularizers.py) and act only when
+`train=True`. Parameters are a plain nested dict: {'hidden_0': {'kernel': ..., 'bias': ...}, ...}.
+"""
+from typing import Callable, ClassVar, List, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlrun.registry import require
+
+ACTIVATIONS: dict[str, Callable] = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
+INITS = ("normal", "glorot", "zeros")
+
+
+def kernel_init(init: str, std: float, activation: str) -> Callable:
+    """Weight initialiser by name.
+
+    normal: N(0, std^2), the seed notebook's `randn * 0.01`.
+    glorot: Uniform(-a, a), a = sqrt(6 / (fan_in + fan_out)); 4a for sigmoid units (the slides,
+            after Glorot & Bengio 2010). For convolutions fans count the receptive field.
+    zeros:  all zeros (the slides' logistic regression).
+    """
+    if init == "normal":
+        return nn.initializers.normal(stddev=std)
+    if init == "glorot":
+        gain = 4.0 if activation == "sigmoid" else 1.0
+        return nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
+    return nn.initializers.zeros_init()
+
+
+class Dense(nn.Module):
+    """Multilayer perceptron: [dropout] -> (dense -> act -> dropout) * len(hidden) -> dense."""
+
+    hidden: Sequence[int]
+    activation: str
+    use_bias: bool
+    weight_init: str  # named `init` in the config (Module.init is taken)
+    init_std: float
+    num_classes: int
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    scan_friendly: ClassVar[bool] = True  # dense nets run fastest as a lax.scan over the epoch
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act, k_init = ACTIVATIONS[self.activation], kernel_init(self.weight_init, self.init_std, self.activation)
+        x = x.reshape((x.shape[0], -1))  # (B, 784)
+        x = nn.Dropout(self.dropout_input, deterministic=not train)(x)
+        for i, units in enumerate(self.hidden):
+            x = act(nn.Dense(units, use_bias=self.use_bias, kernel_init=k_init, name=f"hidden_{i}")(x))
+            x = nn.Dropout(self.dropout_hidden, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=k_init, name="out")(x)
+
+
+def max_pool_ceil(x: jax.Array, window: int) -> jax.Array:
+    """Non-overlapping max-pool over H and W of (B, H, W, C); a partial border window is kept
+    (Theano's `ignore_border=False`, i.e. ceil mode). Written as pad + reshape + max, which XLA
+    differentiates faster than reduce_window."""
+    b, h, w, c = x.shape
+    ph, pw = -h % window, -w % window
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=-jnp.inf)
+    x = x.reshape(b, (h + ph) // window, window, (w + pw) // window, window, c)
+    return x.max(axis=(2, 4))
+
+
+class ConvNet(nn.Module):
+    """Convnet: (conv -> act -> maxpool -> dropout) per conv layer, flatten, dense hidden, dense out.
+
+    With the defaults of conf/model/cnn.yaml this is the seed notebook's convnet:
+    32@3x3 pad 2 -> pool -> 64@3x3 -> pool -> 128@3x3 -> pool (ceil) -> 1152 -> 625 -> 10.
+    Layout NHWC (XLA:CPU's fast convolution layout).
+    """
+
+    features: Sequence[int]
+    kernel_size: int
+    padding: Sequence[int]
+    pool: int
+    pool_ceil: bool
+    hidden: Sequence[int]
+    activation: str
+    use_bias: bool
+    weight_init: str  # named `init` in the config (Module.init is taken)
+    init_std: float
+    num_classes: int
+    dropout_input: float = 0.0
+    dropout_conv: float = 0.0
+    dropout_hidden: float = 0.0
+    scan_friendly: ClassVar[bool] = False  # XLA:CPU runs convolutions inside loops far slower
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act, k_init = ACTIVATIONS[self.activation], kernel_init(self.weight_init, self.init_std, self.activation)
+        x = nn.Dropout(self.dropout_input, deterministic=not train)(x)  # (B, 28, 28, 1)
+        k = self.kernel_size
+        for i, (feat, pad) in enumerate(zip(self.features, self.padding)):
+            x = nn.Conv(feat, (k, k), padding=((pad, pad), (pad, pad)), use_bias=self.use_bias,
+                        kernel_init=k_init, name=f"conv_{i}")(x)
+            x = act(x)
+            if self.pool > 1:
+                if self.pool_ceil:
+                    x = max_pool_ceil(x, self.pool)
+                else:
+                    x = nn.max_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
+            x = nn.Dropout(self.dropout_conv, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))  # (B, H*W*C)
+        for i, units in enumerate(self.hidden):
+            x = act(nn.Dense(units, use_bias=self.use_bias, kernel_init=k_init, name=f"hidden_{i}")(x))
+            x = nn.Dropout(self.dropout_hidden, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=k_init, name="out")(x)
+
+
+def _check_common(activation: str, init: str, init_std: float) -> None:
+    require(activation in ACTIVATIONS,
+            f"activation must be one of {', '.join(ACTIVATIONS)} (got '{activation}')")
+    require(init in INITS, f"init must be one of {', '.join(INITS)} (got '{init}')")
+    require(init_std > 0, f"init_std must be > 0 (got {init_std})")
+
+
+def logreg(use_bias: bool = True, init: str = "zeros", init_std: float = 0.01, *,
+           num_classes: int, dropout: dict) -> nn.Module:
+    """Multinomial logistic regression: 784 -> num_classes softmax."""
+    _check_common("tanh", init, init_std)  # no hidden units: plain Glorot
+    return Dense((), "tanh", use_bias, init, init_std, num_classes,
+                 dropout_input=dropout.get("input", 0.0))
+
+
+def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = True,
+        init: str = "glorot", init_std: float = 0.01, *, num_classes: int, dropout: dict) -> nn.Module:
+    """Fully connected net with `hidden` layer sizes."""
+    _check_common(activation, init, init_std)
+    require(len(hidden) > 0 and all(h > 0 for h in hidden),
+            f"hidden must be a non-empty list of positive sizes (got {list(hidden)})")
+    return Dense(tuple(hidden), activation, use_bias, init, init_std, num_classes,
+                 dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0))
+
+
+def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List[int] = (2, 0, 0),
+        pool: int = 2, pool_ceil: bool = True, hidden: List[int] = (625,), activation: str = "relu",
+        use_bias: bool = True, init: str = "normal", init_std: float = 0.01, *,
+        num_classes: int, dropout: dict) -> nn.Module:
+    """Convolutional net; defaults are the seed notebook's convnet."""
+    _check_common(activation, init, init_std)
+    require(len(features) > 0 and all(f > 0 for f in features),
+            f"features must be a non-empty list of positive channel counts (got {list(features)})")
+    require(len(padding) == len(features),
+            f"padding needs one entry per conv layer ({len(features)}), got {list(padding)}")
+    require(kernel_size > 0 and pool >= 1 and all(p >= 0 for p in padding),
+            "kernel_size must be > 0, pool >= 1 and padding >= 0")
+    require(all(h > 0 for h in hidden), f"hidden sizes must be positive (got {list(hidden)})")
+    size = 28
+    for pad in padding:
+        size = size + 2 * pad - kernel_size + 1
+        require(size >= 1, f"the image shrinks to nothing: kernel_size {kernel_size} with padding "
+                           f"{list(padding)} is too large for 28x28 input")
+        size = -(-size // pool) if pool_ceil else size // pool
+        require(size >= 1, f"pooling by {pool} shrinks the image to nothing")
+    return ConvNet(tuple(features), kernel_size, tuple(padding), pool, pool_ceil, tuple(hidden),
+                   activation, use_bias, init, init_std, num_classes,
+                   dropout_input=dropout.get("input", 0.0), dropout_conv=dropout.get("conv", 0.0),
+                   dropout_hidden=dropout.get("hidden", 0.0))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": logreg, "mlp": mlp, "cnn": cnn}

@@ -1,0 +1,137 @@
+"""Optimizers and learning-rate schedules: the `optim` and `schedule` config groups.
+
+An optimizer builder takes its constants from the config and the learning-rate schedule (a
+function step -> lr built from `schedule=`) as a runtime argument, and returns one optax
+GradientTransformation. Regularizers that act on updates (weight decay) are chained after it in
+`make_optimizer`, the single place where the full optax chain is assembled.
+"""
+from typing import Callable
+
+import optax
+
+from dlrun.registry import require
+
+Schedule = Callable[[int], float]
+
+
+def _check_lr(lr: float) -> None:
+    require(lr > 0, f"lr must be > 0 (got {lr})")
+
+
+def _check_unit(name: str, value: float) -> None:
+    require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")
+
+
+def sgd(lr: float = 0.05, *, schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Plain minibatch SGD: p <- p - lr * g."""
+    _check_lr(lr)
+    return optax.sgd(schedule(lr))
+
+
+def momentum(lr: float = 0.05, beta: float = 0.9, form: str = "classical", *,
+             schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Momentum SGD.
+
+    classical: m <- beta*m + g,         p <- p - lr*m   (Polyak; optax.sgd(momentum=beta))
+    averaged:  m <- beta*m + (1-beta)*g, p <- p - lr*m   (the slides' form, beta 0.8 there;
+               an exponential moving average of gradients without debiasing)
+    """
+    _check_lr(lr)
+    _check_unit("beta", beta)
+    require(form in ("classical", "averaged"), f"form must be classical or averaged (got '{form}')")
+    if form == "classical":
+        return optax.sgd(schedule(lr), momentum=beta)
+    return optax.chain(optax.ema(beta, debias=False), optax.scale_by_learning_rate(schedule(lr)))
+
+
+def nesterov(lr: float = 0.05, beta: float = 0.9, *,
+             schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Nesterov accelerated gradient (Sutskever et al. 2013 form, as in optax)."""
+    _check_lr(lr)
+    _check_unit("beta", beta)
+    return optax.sgd(schedule(lr), momentum=beta, nesterov=True)
+
+
+def rmsprop(lr: float = 0.001, rho: float = 0.9, eps: float = 1e-6, eps_in_sqrt: bool = True,
+            initial_scale: float = 0.0, *, schedule: Callable[[float], Schedule]
+            ) -> optax.GradientTransformation:
+    """RMSprop: acc <- rho*acc + (1-rho)*g^2, p <- p - lr*g/sqrt(acc + eps).
+
+    Defaults are the seed notebook's (lr 0.001, rho 0.9, eps 1e-6 inside the square root,
+    accumulator starting at 0). The slides' form starts the accumulator at 1: initial_scale=1.
+    """
+    _check_lr(lr)
+    _check_unit("rho", rho)
+    require(eps >= 0 and initial_scale >= 0, "eps and initial_scale must be >= 0")
+    return optax.rmsprop(schedule(lr), decay=rho, eps=eps, eps_in_sqrt=eps_in_sqrt,
+                         initial_scale=initial_scale)
+
+
+def adagrad(lr: float = 0.01, initial_accumulator: float = 0.1, eps: float = 1e-7, *,
+            schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Adagrad (Duchi et al. 2011): per-parameter lr divided by sqrt of summed squared grads."""
+    _check_lr(lr)
+    require(initial_accumulator >= 0 and eps >= 0, "initial_accumulator and eps must be >= 0")
+    return optax.adagrad(schedule(lr), initial_accumulator_value=initial_accumulator, eps=eps)
+
+
+def adadelta(lr: float = 1.0, rho: float = 0.95, eps: float = 1e-6, *,
+             schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Adadelta (Zeiler 2012); rho 0.95 and eps 1e-6 as in the paper, lr 1.0 = no extra scaling."""
+    _check_lr(lr)
+    _check_unit("rho", rho)
+    return optax.adadelta(schedule(lr), rho=rho, eps=eps)
+
+
+def adam(lr: float = 0.001, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
+         schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba 2015) with the paper's defaults."""
+    _check_lr(lr)
+    _check_unit("b1", b1)
+    _check_unit("b2", b2)
+    return optax.adam(schedule(lr), b1=b1, b2=b2, eps=eps)
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop,
+    "adagrad": adagrad, "adadelta": adadelta, "adam": adam,
+}
+
+
+# Schedules. A schedule builder gets the run length in steps at run time and returns a function
+# of the base lr, so that the optimizer's own `lr` stays the one number a user sweeps.
+def constant(*, steps_per_epoch: int, total_steps: int) -> Callable[[float], Schedule]:
+    """The learning rate stays at optim.lr."""
+    return lambda lr: optax.constant_schedule(lr)
+
+
+def step(every_epochs: int = 30, factor: float = 0.1, *, steps_per_epoch: int,
+         total_steps: int) -> Callable[[float], Schedule]:
+    """Multiply the lr by `factor` every `every_epochs` epochs (staircase decay)."""
+    require(every_epochs >= 1, f"every_epochs must be >= 1 (got {every_epochs})")
+    require(0 < factor <= 1, f"factor must be in (0, 1] (got {factor})")
+    return lambda lr: optax.exponential_decay(lr, every_epochs * steps_per_epoch, factor,
+                                              staircase=True)
+
+
+def cosine(warmup_epochs: int = 0, final_fraction: float = 0.0, *, steps_per_epoch: int,
+           total_steps: int) -> Callable[[float], Schedule]:
+    """Linear warmup over `warmup_epochs`, then cosine decay to final_fraction*lr at the end."""
+    require(warmup_epochs >= 0, f"warmup_epochs must be >= 0 (got {warmup_epochs})")
+    require(0 <= final_fraction <= 1, f"final_fraction must be in [0, 1] (got {final_fraction})")
+    warmup = warmup_epochs * steps_per_epoch
+    require(warmup < total_steps, f"warmup_epochs ({warmup_epochs}) must be shorter than the run")
+    return lambda lr: optax.warmup_cosine_decay_schedule(
+        0.0 if warmup else lr, lr, warmup, total_steps, end_value=final_fraction * lr)
+
+
+SCHEDULES: dict[str, Callable[..., Callable[[float], Schedule]]] = {
+    "constant": constant, "step": step, "cosine": cosine,
+}
+
+
+def make_optimizer(base: optax.GradientTransformation,
+                   update_steps: list[Callable[[Schedule], optax.GradientTransformation]],
+                   lr_schedule: Schedule) -> optax.GradientTransformation:
+    """The whole optax chain: the named optimizer, then update-side regularizers."""
+    return optax.chain(base, *(make(lr_schedule) for make in update_steps))

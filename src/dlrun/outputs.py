@@ -1,0 +1,49 @@
+"""What a run writes into its directory: metrics.jsonl, params.pkl, best_params.pkl, summary.json.
+
+Parameter files are pickles of a plain nested dict of numpy arrays, so they load with plain
+`pickle` and numpy, without dlrun. Every whole file is written atomically (dlrun.io); metrics
+are appended one complete line per epoch, flushed and fsynced.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.io import atomic_write_json, atomic_write_pickle
+
+
+def to_numpy_tree(tree):
+    """Nested dict of arrays -> nested dict of numpy arrays (plain dicts, no Flax types)."""
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {str(k): to_numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+class RunWriter:
+    def __init__(self, workdir: str | os.PathLike):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(jsonable(record), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_params(self, name: str, params) -> Path:
+        return atomic_write_pickle(self.dir / name, to_numpy_tree(params))
+
+    def save_summary(self, summary: dict) -> Path:
+        return atomic_write_json(self.dir / "summary.json", jsonable(summary))

@@ -1,0 +1,92 @@
+"""Build a component from its config node: look the name up in a registry, type-check the rest.
+
+Each config group (model, optim, schedule, regularizer) has a registry: a plain dict from the
+short name used on the command line to a builder function. The builder's positional-or-keyword
+parameters *are* the schema of that option: their annotations give the types, their defaults
+the defaults. Keyword-only parameters are runtime inputs supplied by dlrun, never by the config.
+So a config can only ever reach functions listed in a registry, and a misspelt key or a value of
+the wrong type is refused before any data is loaded or anything is compiled.
+"""
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dlrun.errors import ConfigError
+
+
+def choose(group: str, registry: Mapping[str, Callable], name: str) -> Callable:
+    """Return the builder registered under `name`, or fail listing the valid names."""
+    if name not in registry:
+        valid = ", ".join(sorted(registry))
+        raise ConfigError(f"unknown {group} '{name}'; choose one of: {valid}")
+    return registry[name]
+
+
+def config_params(builder: Callable) -> list[inspect.Parameter]:
+    """The parameters of `builder` that come from the config (not keyword-only)."""
+    sig = inspect.signature(builder, eval_str=True)
+    return [p for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
+
+
+def typed_kwargs(prefix: str, builder: Callable, node: Mapping[str, Any] | DictConfig) -> dict:
+    """Check `node` against `builder`'s signature and return it as plain, typed kwargs.
+
+    Unknown keys and values that do not convert to the annotated type raise ConfigError with
+    the full key path (`prefix.key`), e.g. `optim.lr: 'abc' is not a valid float`.
+    """
+    params = config_params(builder)
+    fields = [(p.name, p.annotation,
+               dataclasses.field(default_factory=_factory(p.default)))
+              for p in params]
+    schema = dataclasses.make_dataclass(f"{prefix.replace('.', '_')}_schema", fields)
+    node = OmegaConf.create(node) if not isinstance(node, DictConfig) else node
+    valid = ", ".join(p.name for p in params)
+    for key in node:
+        if key not in {p.name for p in params}:
+            raise ConfigError(f"{prefix}.{key} is not a setting of this {prefix}; "
+                              f"valid keys: {valid}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        plain = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        msg = getattr(e, "msg", str(e)).splitlines()[0]
+        raise ConfigError(f"{prefix}.{key}: {msg}") from None
+    return plain
+
+
+def build(group: str, registry: Mapping[str, Callable], node: Mapping | DictConfig,
+          prefix: str | None = None, **runtime) -> Any:
+    """Build the component named by `node.name` with the node's other keys as arguments.
+
+    `prefix` is the key path used in error messages (default: the group name).
+    """
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    name = plain.pop("name", None)
+    prefix = prefix or group
+    if name is None:
+        raise ConfigError(f"{group}.name is missing; choose one of: {', '.join(sorted(registry))}")
+    builder = choose(group, registry, name)
+    kwargs = typed_kwargs(prefix, builder, plain)
+    try:
+        return builder(**kwargs, **runtime)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}.{e}") from None
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`. Builders use it for range checks."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def _factory(default: Any) -> Callable[[], Any]:
+    if default is inspect.Parameter.empty:
+        return lambda: "???"  # OmegaConf's MISSING: the key must be set
+    if isinstance(default, (list, tuple)):
+        return lambda: list(default)
+    return lambda: default

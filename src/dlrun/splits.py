@@ -1,0 +1,94 @@
+"""Dataset splits on the device: the `dataset` config group.
+
+The raw uint8 arrays (datasets.py) are split into train / val / test, scaled to [0, 1] float32
+NHWC (N, 28, 28, 1), and put on the device once. Each split is padded to a multiple of the
+evaluation batch with label -1 rows, so evaluation compiles one shape; training only ever
+indexes the first `n` rows. Batches are gathered on the device inside the jitted step.
+"""
+from dataclasses import dataclass
+from functools import partial
+from typing import List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlrun import datasets
+from dlrun.errors import ConfigError
+from dlrun.registry import require
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A validated `dataset` config node."""
+
+    name: str
+    val_size: int
+    train_subset: Optional[int]
+    data_dir: Optional[str]
+    download: bool
+    mirrors: Optional[List[str]]
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(n_train, n_val, n_test) this spec yields, known without loading the data."""
+        n_train_raw, n_test = datasets.REGISTRY[self.name].counts
+        n_train = n_train_raw - self.val_size
+        if self.train_subset is not None:
+            n_train = min(n_train, self.train_subset)
+        return n_train, self.val_size, n_test
+
+
+def dataset_spec(val_size: int = 0, train_subset: Optional[int] = None,
+                 data_dir: Optional[str] = None, download: bool = True,
+                 mirrors: Optional[List[str]] = None, *, name: str) -> DataConfig:
+    """Validate a dataset node. val_size images are held out from the end of the training split."""
+    n_train_raw, _ = datasets.REGISTRY[name].counts
+    require(0 <= val_size < n_train_raw,
+            f"val_size must be in [0, {n_train_raw}) for {name} (got {val_size})")
+    require(train_subset is None or train_subset > 0,
+            f"train_subset must be a positive number of images or null (got {train_subset})")
+    return DataConfig(name, val_size, train_subset, data_dir, download, mirrors)
+
+
+DATASETS = {name: partial(dataset_spec, name=name) for name in datasets.REGISTRY}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split on the device. x: (n_pad, 28, 28, 1) float32 in [0, 1]; y: (n_pad,) int32, -1 = pad."""
+
+    x: jax.Array
+    y: jax.Array
+    n: int
+
+
+def to_device(images: np.ndarray, labels: np.ndarray, multiple: int) -> Split:
+    n = len(images)
+    pad = -n % multiple
+    x = np.zeros((n + pad, 28, 28, 1), np.float32)
+    x[:n, ..., 0] = images / np.float32(255.0)
+    y = np.full((n + pad,), -1, np.int32)
+    y[:n] = labels
+    return Split(jax.device_put(x), jax.device_put(y), n)
+
+
+def load_splits(spec: DataConfig, eval_batch_size: int) -> dict[str, Split]:
+    """Load, split and move to the device: {'train', 'val' (if val_size > 0), 'test'}."""
+    x_train, y_train, x_test, y_test = datasets.load_raw(
+        spec.name, data_dir=spec.data_dir, download=spec.download, mirrors=spec.mirrors)
+    n_fit = len(x_train) - spec.val_size
+    splits = {}
+    end = n_fit if spec.train_subset is None else min(n_fit, spec.train_subset)
+    splits["train"] = to_device(x_train[:end], y_train[:end], eval_batch_size)
+    if spec.val_size:
+        splits["val"] = to_device(x_train[n_fit:], y_train[n_fit:], eval_batch_size)
+    splits["test"] = to_device(x_test, y_test, eval_batch_size)
+    return splits
+
+
+def check_batch_size(spec: DataConfig, batch_size: int) -> None:
+    n_train, _, _ = spec.sizes()
+    if batch_size > n_train:
+        raise ConfigError(f"train.batch_size ({batch_size}) is larger than the training set "
+                          f"({n_train} images of {spec.name} after val_size/train_subset); "
+                          f"lower train.batch_size")
