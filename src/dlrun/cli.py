@@ -28,22 +28,27 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from dlrun.errors import DlrunError  # noqa: E402
 
 log = logging.getLogger("dlrun")
+_USER_ERRORS: list[str] = []  # one line per job that failed on bad input (see main)
 _UID = secrets.token_hex(3)  # one per process: all jobs of a sweep share the sweep directory
 OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
 
 @hydra.main(config_path="pkg://dlrun.conf", config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
 
     hc = HydraConfig.get()
     workdir = Path(hc.runtime.output_dir)
-    log.info("run dir: %s", workdir.resolve())
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        summary = train_and_evaluate(cfg, str(workdir), started_at=STARTED_AT)
-    except DlrunError:
-        discard_run_dir(workdir, Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
-        raise
+        summary = train_and_evaluate(cfg, str(workdir), started_at=STARTED_AT,
+                                     on_start=lambda: log.info("run dir: %s", workdir.resolve()))
+    except DlrunError as exc:
+        # Not re-raised: Hydra would print its own multi-line report. main() prints it.
+        discard_run_dir(workdir, Path(hc.sweep.dir) if multirun else None)
+        job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
+        _USER_ERRORS.append(job + str(exc))
+        return None
     log.info("run dir: %s", workdir.resolve())
     final = summary["final"]
     return float(final.get("val_error", final.get("test_error", final["train_error"])))
@@ -73,6 +78,10 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         key = getattr(cause, "full_key", "?")
+        if key.startswith("regularizer."):
+            name = key.split(".")[1]
+            return (f"{key}: regularizer '{name}' is not selected; select it first, "
+                    f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
         return (f"{key} is not a setting of this config (misspelt?); "
                 f"`dlrun --cfg job` lists the valid keys")
     if cause is not None and str(cause).strip():
@@ -89,7 +98,10 @@ def main() -> None:
     except (DlrunError, HydraException, OmegaConfBaseException) as exc:
         if debug:
             raise
-        print(f"dlrun: error: {one_line(exc)}", file=sys.stderr)
+        _USER_ERRORS.append(one_line(exc))
+    for line in _USER_ERRORS:
+        print(f"dlrun: error: {line}", file=sys.stderr)
+    if _USER_ERRORS:
         sys.exit(2)
 
 

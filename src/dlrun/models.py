@@ -57,6 +57,51 @@ class Dense(nn.Module):
         return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=k_init, name="out")(x)
 
 
+def conv_xla(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """'Same-padded by pad' 2-D convolution (cross-correlation), NHWC x HWIO -> NHWC."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_matmul(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """The same convolution as one matmul: the kh*kw shifted slices of the (padded) input are
+    concatenated along channels, (B*OH*OW, kh*kw*Cin) @ (kh*kw*Cin, Cout).
+
+    Measured on the 2-core CPU this project targets (seed convnet, batch 128, one jitted
+    training step): 80-87 ms with this form against 135-139 ms with XLA's convolution, whose
+    gradient kernels are slow on CPU; XLA's forward pass alone is faster (16 vs 36-43 ms), so
+    ConvNet uses this form for training and `conv_xla` for evaluation.
+    """
+    kh, kw, cin, cout = kernel.shape
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    b, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    cols = jnp.concatenate([x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)],
+                           axis=-1)  # (B, OH, OW, kh*kw*Cin), channel index = (i*kw + j)*Cin + c
+    out = cols.reshape(b * oh * ow, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+    return out.reshape(b, oh, ow, cout)
+
+
+class Conv(nn.Module):
+    """3-D kernel (kh, kw, Cin, Cout) 'kernel' + optional 'bias', as flax.linen.Conv stores them."""
+
+    features: int
+    kernel_size: int
+    pad: int
+    use_bias: bool
+    kernel_init: Callable
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        y = (conv_matmul if train else conv_xla)(x, kernel, self.pad)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
+
+
 def max_pool_ceil(x: jax.Array, window: int) -> jax.Array:
     """Non-overlapping max-pool over H and W of (B, H, W, C); a partial border window is kept
     (Theano's `ignore_border=False`, i.e. ceil mode). Written as pad + reshape + max, which XLA
@@ -99,8 +144,7 @@ class ConvNet(nn.Module):
         x = nn.Dropout(self.dropout_input, deterministic=not train)(x)  # (B, 28, 28, 1)
         k = self.kernel_size
         for i, (feat, pad) in enumerate(zip(self.features, self.padding)):
-            x = nn.Conv(feat, (k, k), padding=((pad, pad), (pad, pad)), use_bias=self.use_bias,
-                        kernel_init=k_init, name=f"conv_{i}")(x)
+            x = Conv(feat, k, pad, self.use_bias, k_init, name=f"conv_{i}")(x, train)
             x = act(x)
             if self.pool > 1:
                 if self.pool_ceil:

@@ -90,6 +90,9 @@ def build_setup(cfg: DictConfig) -> Setup:
     model = build("model", models.MODELS, cfg.model, num_classes=NUM_CLASSES, dropout=reg.dropout)
     n_train, _, _ = ds.sizes()
     steps = n_train // tc.batch_size if tc.drop_last else -(-n_train // tc.batch_size)
+    require(steps * tc.epochs < 2**31,
+            f"train.epochs ({tc.epochs}) x {steps} steps per epoch overflows the int32 step "
+            f"counter; use at most {(2**31 - 1) // steps} epochs")
     lr_of = build("schedule", optim.SCHEDULES, cfg.schedule, steps_per_epoch=steps,
                   total_steps=steps * tc.epochs)
     base = build("optim", optim.OPTIMIZERS, cfg.optim, schedule=lr_of)
@@ -218,14 +221,17 @@ def make_evaluator(model: nn.Module, batch: int) -> Callable[[dict, data_splits.
 
 
 # ---- the run ---------------------------------------------------------------------------------
-def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float] = None) -> dict:
+def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float] = None,
+                       on_start: Callable[[], None] = lambda: None) -> dict:
     """Train the configured model, writing metrics and parameters into `workdir`.
 
-    Returns the summary (also written to workdir/summary.json).
+    Validates the config and loads the data first (DlrunError before anything is written),
+    then calls `on_start`. Returns the summary (also written to workdir/summary.json).
     """
     started_at = started_at or time.perf_counter()
     setup = build_setup(cfg)
     splits = data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
+    on_start()
     writer = RunWriter(workdir)
     key = jax.random.key(setup.train.seed)
     init_key, train_key = jax.random.split(key)
