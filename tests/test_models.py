@@ -1,0 +1,97 @@
+"""Model shapes, parameter layout, initialisers, and the two convolution forms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlrun import models
+from dlrun.errors import ConfigError
+from dlrun.registry import build
+
+X = jnp.zeros((4, 28, 28, 1), jnp.float32)
+
+
+def make(name, dropout=None, **kw):
+    return build("model", models.MODELS, {"name": name, **kw}, num_classes=10,
+                 dropout=dropout or {})
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_logits_shape_and_plain_param_dict(name):
+    model = make(name)
+    params = model.init(jax.random.key(0), X)["params"]
+    assert model.apply({"params": params}, X).shape == (4, 10)
+    assert isinstance(params, dict) and all(isinstance(v, dict) for v in params.values())
+
+
+def test_seed_convnet_layout():
+    """The seed convnet: 32@3x3, 64@3x3, 128@3x3, flatten 128*3*3, 625, 10; no biases."""
+    model = make("cnn", use_bias=False)
+    params = model.init(jax.random.key(0), X)["params"]
+    shapes = {k: v["kernel"].shape for k, v in params.items()}
+    assert shapes == {"conv_0": (3, 3, 1, 32), "conv_1": (3, 3, 32, 64), "conv_2": (3, 3, 64, 128),
+                      "hidden_0": (1152, 625), "out": (625, 10)}
+    assert all(set(v) == {"kernel"} for v in params.values())
+    assert sum(v["kernel"].size for v in params.values()) == 818_698
+
+
+def test_conv_matmul_equals_xla_conv():
+    r = np.random.RandomState(0)
+    x = jnp.asarray(r.randn(3, 9, 9, 4), jnp.float32)
+    k = jnp.asarray(r.randn(3, 3, 4, 5), jnp.float32)
+    for pad in (0, 2):
+        np.testing.assert_allclose(models.conv_matmul(x, k, pad), models.conv_xla(x, k, pad),
+                                   rtol=1e-5, atol=1e-5)
+    g1 = jax.grad(lambda k: jnp.sum(jnp.sin(models.conv_matmul(x, k, 2))))(k)
+    g2 = jax.grad(lambda k: jnp.sum(jnp.sin(models.conv_xla(x, k, 2))))(k)
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+def test_train_and_eval_forward_agree_without_dropout():
+    model = make("cnn")
+    params = model.init(jax.random.key(0), X)["params"]
+    x = jax.random.uniform(jax.random.key(1), X.shape)
+    a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    b = model.apply({"params": params}, x, train=False)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_max_pool_ceil_keeps_partial_window():
+    x = jnp.arange(25, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    out = models.max_pool_ceil(x, 2)
+    assert out.shape == (1, 3, 3, 1)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+
+
+def test_initialisers():
+    w = lambda **kw: make("mlp", hidden=[300], **kw).init(jax.random.key(0), X)["params"]["hidden_0"]["kernel"]
+    assert np.all(np.asarray(w(init="zeros")) == 0)
+    assert abs(float(jnp.std(w(init="normal", init_std=0.01))) - 0.01) < 5e-4
+    a = np.sqrt(6 / (784 + 300))
+    tanh = w(init="glorot", activation="tanh")
+    sig = w(init="glorot", activation="sigmoid")
+    assert float(jnp.max(jnp.abs(tanh))) <= a and float(jnp.max(jnp.abs(tanh))) > 0.95 * a
+    assert float(jnp.max(jnp.abs(sig))) <= 4 * a and float(jnp.max(jnp.abs(sig))) > 3.8 * a
+
+
+def test_dropout_only_in_training():
+    model = make("mlp", dropout={"input": 0.5, "hidden": 0.5})
+    params = model.init(jax.random.key(0), X)["params"]
+    x = jax.random.uniform(jax.random.key(1), X.shape)
+    eval1 = model.apply({"params": params}, x, train=False)
+    eval2 = model.apply({"params": params}, x, train=False)
+    tr = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(3)})
+    np.testing.assert_array_equal(eval1, eval2)
+    assert not np.allclose(eval1, tr)
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    ({"name": "mlp", "activation": "gelu"}, "activation"),
+    ({"name": "mlp", "hidden": []}, "hidden"),
+    ({"name": "cnn", "padding": [0, 0]}, "padding"),
+    ({"name": "cnn", "kernel_size": 11}, "too large"),
+    ({"name": "logreg", "init": "he"}, "init"),
+])
+def test_bad_model_settings(kw, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make(**kw)

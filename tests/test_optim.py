@@ -1,0 +1,109 @@
+"""Optimizers and schedules: every model x optimizer reduces the loss; the seed's forms hold."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dlrun import datasets, optim, train
+from dlrun.errors import ConfigError
+from dlrun.registry import build
+
+from _config import compose
+
+x_raw, y_raw, _, _ = datasets.load_raw("mnist_sample")
+XB = jnp.asarray(x_raw[:64, :, :, None] / np.float32(255))
+YB = jnp.asarray(y_raw[:64].astype(np.int32))
+
+
+def batch_loss(setup, params):
+    logits = setup.model.apply({"params": params}, XB, train=False)
+    return float(optax.softmax_cross_entropy_with_integer_labels(logits, YB).mean())
+
+
+@pytest.mark.parametrize("model,opt", list(itertools.product(["logreg", "mlp", "cnn"],
+                                                             sorted(optim.OPTIMIZERS))))
+def test_every_model_and_optimizer_reduces_loss_on_a_fixed_batch(model, opt):
+    setup = train.build_setup(compose(f"model={model}", f"optim={opt}", "train.batch_size=64"))
+    state = train.init_state(setup, jax.random.key(0))
+    before = batch_loss(setup, state.params)
+    step = jax.jit(train.make_train_step(setup))
+    idx, w = jnp.arange(64, dtype=jnp.int32), jnp.ones(64)
+    acc = jnp.zeros(3)
+    for _ in range(8):
+        state, acc = step(state, acc, XB, YB, idx, w, jax.random.key(1))
+    after = batch_loss(setup, state.params)
+    assert np.isfinite(after) and after < before, (before, after)
+    assert int(state.step) == 8 and float(acc[2]) == 8 * 64
+
+
+def grads_tree(value):
+    return {"w": jnp.full((3,), value, jnp.float32)}
+
+
+def run(tx, grads, steps=3):
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    for g in grads[:steps]:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params["w"][0]
+
+
+def make(name, **kw):
+    lr_of = build("schedule", optim.SCHEDULES, {"name": "constant"}, steps_per_epoch=1, total_steps=10)
+    return build("optim", optim.OPTIMIZERS, {"name": name, **kw}, schedule=lr_of)
+
+
+def test_averaged_momentum_is_the_slides_form():
+    """m <- b*m + (1-b)*g, p <- p - lr*m with b = 0.8."""
+    gs = [grads_tree(v) for v in (1.0, 2.0, -1.0)]
+    m, p = 0.0, 0.0
+    for g in (1.0, 2.0, -1.0):
+        m = 0.8 * m + 0.2 * g
+        p -= 0.1 * m
+    assert float(run(make("momentum", lr=0.1, beta=0.8, form="averaged"), gs)) == pytest.approx(p, rel=1e-6)
+
+
+def test_classical_momentum():
+    gs = [grads_tree(v) for v in (1.0, 2.0, -1.0)]
+    m, p = 0.0, 0.0
+    for g in (1.0, 2.0, -1.0):
+        m = 0.9 * m + g
+        p -= 0.1 * m
+    assert float(run(make("momentum", lr=0.1, beta=0.9), gs)) == pytest.approx(p, rel=1e-6)
+
+
+def test_rmsprop_is_the_seeds_form():
+    """acc <- rho*acc + (1-rho)*g^2; p <- p - lr*g/sqrt(acc + eps)  (seed notebook)."""
+    gs = [grads_tree(v) for v in (1.0, 2.0, -1.0)]
+    acc, p = 0.0, 0.0
+    for g in (1.0, 2.0, -1.0):
+        acc = 0.9 * acc + 0.1 * g * g
+        p -= 0.001 * g / np.sqrt(acc + 1e-6)
+    assert float(run(make("rmsprop"), gs)) == pytest.approx(p, rel=1e-5)
+
+
+def test_step_and_cosine_schedules():
+    step = build("schedule", optim.SCHEDULES, {"name": "step", "every_epochs": 2, "factor": 0.5},
+                 steps_per_epoch=10, total_steps=100)(1.0)
+    assert [float(step(s)) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+    cos = build("schedule", optim.SCHEDULES, {"name": "cosine", "warmup_epochs": 1},
+                steps_per_epoch=10, total_steps=100)(1.0)
+    assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(1.0)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    ({"name": "sgd", "lr": 0.0}, "lr must be > 0"),
+    ({"name": "momentum", "beta": 1.0}, "beta"),
+    ({"name": "momentum", "form": "heavy"}, "form"),
+    ({"name": "adam", "b2": 1.5}, "b2"),
+    ({"name": "sgd", "lr": "abc"}, "optim.lr"),
+    ({"name": "sgd", "lrr": 0.1}, "optim.lrr is not a setting"),
+])
+def test_bad_optimizer_settings(kw, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make(**kw)

@@ -1,0 +1,66 @@
+"""Every YAML option of every config group has a registry entry, and every entry has a YAML."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlrun import datasets, models, optim, regularizers
+from dlrun.registry import config_params
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+REGISTRIES = {
+    "model": models.MODELS,
+    "optim": optim.OPTIMIZERS,
+    "schedule": optim.SCHEDULES,
+    "regularizer": regularizers.REGULARIZERS,
+    "dataset": datasets.REGISTRY,
+}
+
+
+def options(group: str) -> set[str]:
+    return {p.stem for p in (CONF / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize("group", sorted(REGISTRIES))
+def test_yaml_options_match_registry(group):
+    assert options(group) == set(REGISTRIES[group])
+
+
+def test_no_unregistered_group_directories():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert groups == set(REGISTRIES) | {"experiment", "hydra"}
+
+
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset"])
+def test_yaml_name_is_file_name_and_keys_are_builder_params(group):
+    for path in (CONF / group).glob("*.yaml"):
+        node = yaml.safe_load(path.read_text())
+        assert node["name"] == path.stem, path
+        if group == "dataset":
+            continue
+        params = {p.name for p in config_params(REGISTRIES[group][path.stem])}
+        assert set(node) - {"name"} == params, f"{path}: keys differ from the builder's parameters"
+
+
+def test_regularizer_yaml_nests_under_its_own_name():
+    for path in (CONF / "regularizer").glob("*.yaml"):
+        node = yaml.safe_load(path.read_text())
+        assert list(node) == [path.stem], path
+        params = {p.name for p in config_params(regularizers.REGULARIZERS[path.stem])}
+        assert set(node[path.stem] or {}) == params, path
+
+
+def test_every_config_value_is_commented():
+    """Configs explain themselves: every key line in an option file carries a comment,
+    or the file's header comment documents it (single-key files)."""
+    for path in CONF.glob("*/*.yaml"):
+        if path.parent.name in ("hydra", "experiment"):
+            continue
+        text = path.read_text()
+        assert text.lstrip().startswith("#"), f"{path} has no header comment"
+        for line in text.splitlines():
+            stripped = line.strip()
+            if ":" in stripped and not stripped.startswith("#") and not stripped.startswith("name:"):
+                if stripped.endswith(":") or stripped.endswith("{}"):
+                    continue  # a nesting key
+                assert "#" in line, f"{path}: '{stripped}' has no comment"

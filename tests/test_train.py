@@ -1,0 +1,103 @@
+"""The training loop end to end on the shipped real MNIST sample (no subprocess)."""
+import json
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlrun import train
+
+from _config import compose
+
+PRESETS = ["radford_logreg", "radford_net", "radford_modern_net", "radford_convnet"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_radford_presets_build_and_run_one_epoch(preset, tmp_path):
+    cfg = compose(f"+experiment={preset}", "train.epochs=1")
+    setup = train.build_setup(cfg)
+    assert not setup.train.shuffle and setup.train.drop_last and setup.train.batch_size == 128
+    assert not cfg.model.use_bias and cfg.model.init == "normal" and cfg.model.init_std == 0.01
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    final = summary["final"]
+    assert final["step"] == 4000 // 128  # the seed's order: full batches only, unshuffled
+    assert {"train_eval_error", "test_error"} <= set(final) and "val_error" not in final
+    assert final["test_error"] < 0.9  # one epoch on 3,968 digits beats chance (0.9)
+
+
+def test_seed_hyperparameters_of_the_presets():
+    conv = compose("+experiment=radford_convnet")
+    assert conv.optim.name == "rmsprop" and conv.optim.lr == 0.001 and conv.optim.eps == 1e-6
+    assert dict(conv.regularizer.dropout) == {"input": 0.0, "hidden": 0.5, "conv": 0.2}
+    assert list(conv.model.padding) == [2, 0, 0] and conv.train.epochs == 100
+    net = compose("+experiment=radford_net")
+    assert net.model.activation == "sigmoid" and list(net.model.hidden) == [625]
+    assert net.optim.name == "sgd" and net.optim.lr == 0.05
+
+
+def test_run_writes_metrics_params_and_summary(tmp_path):
+    cfg = compose("model=mlp", "model.hidden=[32]", "train.epochs=3", "dataset.train_subset=1000")
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["val_error"] < records[0]["val_error"]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    params = pickle.loads((tmp_path / "params.pkl").read_bytes())
+    assert params["hidden_0"]["kernel"].shape == (784, 32) and isinstance(params["out"]["bias"], np.ndarray)
+    best = pickle.loads((tmp_path / "best_params.pkl").read_bytes())
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["best"]["val_error"] == min(r["val_error"] for r in records)
+    assert on_disk["best_selected_on"] == "val_error" and set(best) == set(params)
+    assert on_disk["timings"]["compile_seconds"] > 0 and on_disk["versions"]["jax"] == jax.__version__
+    assert summary["final"]["epoch"] == 3
+
+
+def test_same_seed_same_metrics_different_seed_different(tmp_path):
+    def errors(seed, sub):
+        cfg = compose("model.hidden=[32]", "train.epochs=2", "dataset.train_subset=600",
+                      f"train.seed={seed}", "regularizer=[dropout]")
+        train.train_and_evaluate(cfg, str(tmp_path / sub))
+        return (tmp_path / sub / "metrics.jsonl").read_text()
+
+    strip = lambda text: [{k: v for k, v in json.loads(l).items() if "second" not in k}
+                          for l in text.splitlines()]
+    assert strip(errors(0, "a")) == strip(errors(0, "b"))
+    assert strip(errors(0, "a")) != strip(errors(1, "c"))
+
+
+def test_scan_and_step_loops_compute_the_same_training():
+    def params_after(loop):
+        cfg = compose("model.hidden=[16]", "train.epochs=1", f"train.loop={loop}",
+                      "regularizer=[dropout]")
+        setup = train.build_setup(cfg)
+        x = jax.random.uniform(jax.random.key(0), (300, 28, 28, 1))
+        y = jax.random.randint(jax.random.key(1), (300,), 0, 10)
+        split = train.data_splits.Split(x, y, 300)
+        run_epoch, _ = train.make_epoch_runner(setup, split, jax.random.key(2))
+        state, acc = run_epoch(train.init_state(setup, jax.random.key(3)), 1)
+        return state.params, acc
+
+    (p_scan, a_scan), (p_step, a_step) = params_after("scan"), params_after("step")
+    for a, b in zip(jax.tree.leaves(p_scan), jax.tree.leaves(p_step)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a_scan, a_step, rtol=1e-4)
+
+
+def test_epoch_order_drop_last_and_shuffle():
+    key = jax.random.key(0)
+    idx, w = train.epoch_order(key, 300, 128, shuffle=False, drop_last=True)
+    assert idx.shape == (2, 128) and np.array_equal(np.asarray(idx).ravel(), np.arange(256))
+    idx, w = train.epoch_order(key, 300, 128, shuffle=False, drop_last=False)
+    assert idx.shape == (3, 128) and float(w.sum()) == 300 and float(w[2].sum()) == 300 - 256
+    idx, _ = train.epoch_order(key, 300, 100, shuffle=True, drop_last=True)
+    flat = np.asarray(idx).ravel()
+    assert sorted(flat) == list(range(300)) and not np.array_equal(flat, np.arange(300))
+
+
+def test_loop_auto_picks_step_for_convnets_and_scan_for_dense():
+    assert train.build_setup(compose("model=cnn")).loop == "step"
+    assert train.build_setup(compose("model=mlp")).loop == "scan"
+    assert train.build_setup(compose("model=cnn", "train.loop=scan")).loop == "scan"
