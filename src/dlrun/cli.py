@@ -29,6 +29,7 @@ from dlrun.errors import DlrunError  # noqa: E402
 
 log = logging.getLogger("dlrun")
 _USER_ERRORS: list[str] = []  # one line per job that failed on bad input (see main)
+_SWEEP_DIRS: set[Path] = set()  # sweep directories of this process, checked when it ends
 _UID = secrets.token_hex(3)  # one per process: all jobs of a sweep share the sweep directory
 OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
@@ -45,7 +46,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                                      on_start=lambda: log.info("run dir: %s", workdir.resolve()))
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
-        discard_run_dir(workdir, Path(hc.sweep.dir) if multirun else None)
+        discard_run_dir(workdir)
+        if multirun:
+            _SWEEP_DIRS.add(Path(hc.sweep.dir))
         job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
         _USER_ERRORS.append(job + str(exc))
         return None
@@ -54,13 +57,25 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(final.get("val_error", final.get("test_error", final["train_error"])))
 
 
-def discard_run_dir(workdir: Path, sweep_dir: Path | None) -> None:
+def discard_run_dir(workdir: Path) -> None:
     """Remove what Hydra created for a run that failed validation, then empty parents."""
-    logging.shutdown()  # close the run's log file before removing it
+    for handler in logging.getLogger().handlers:  # close the run's log file before removing it
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    if sweep_dir is not None and not any(sweep_dir.glob("*/summary.json")):
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-    parent = (sweep_dir or workdir).parent
+    remove_empty_parents(workdir.parent)
+
+
+def discard_failed_sweeps() -> None:
+    """A sweep none of whose jobs completed leaves nothing behind (not even multirun.yaml)."""
+    for sweep_dir in _SWEEP_DIRS:
+        if not any(sweep_dir.glob("*/summary.json")):
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            remove_empty_parents(sweep_dir.parent)
+
+
+def remove_empty_parents(parent: Path) -> None:
+    """Remove empty directories upwards, stopping at outputs/ or the working directory."""
     cwd = Path.cwd().resolve()
     while parent.exists() and parent.resolve() != cwd and not any(parent.iterdir()):
         if parent.name == "outputs":  # the project's kept, git-ignored outputs/ directory
@@ -99,6 +114,7 @@ def main() -> None:
         if debug:
             raise
         _USER_ERRORS.append(one_line(exc))
+    discard_failed_sweeps()
     for line in _USER_ERRORS:
         print(f"dlrun: error: {line}", file=sys.stderr)
     if _USER_ERRORS:

@@ -5,6 +5,7 @@ Parameter files are pickles of a plain nested dict of numpy arrays, so they load
 are appended one complete line per epoch, flushed and fsynced.
 """
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def jsonable(value):
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN/Infinity: a diverged loss is written as null
     return value
 
 

@@ -9,6 +9,7 @@ the wrong type is refused before any data is loaded or anything is compiled.
 """
 import dataclasses
 import inspect
+import math
 from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -56,6 +57,9 @@ def typed_kwargs(prefix: str, builder: Callable, node: Mapping[str, Any] | DictC
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         msg = getattr(e, "msg", str(e)).splitlines()[0]
         raise ConfigError(f"{prefix}.{key}: {msg}") from None
+    for key, value in plain.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{key} must be a finite number (got {value})")
     return plain
 
 
