@@ -30,7 +30,9 @@ from dlrun.errors import DlrunError  # noqa: E402
 log = logging.getLogger("dlrun")
 _USER_ERRORS: list[str] = []  # one line per job that failed on bad input (see main)
 _SWEEP_DIRS: set[Path] = set()  # sweep directories of this process, checked when it ends
-_UID = secrets.token_hex(3)  # one per process: all jobs of a sweep share the sweep directory
+# Run-directory suffix, one per process (all jobs of a sweep share the sweep directory): the PID
+# is unique among processes alive on this host, the random part across hosts sharing outputs/.
+_UID = f"{os.getpid():x}{secrets.token_hex(2)}"
 OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
 
