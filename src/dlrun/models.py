@@ -186,9 +186,9 @@ def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = T
 
 def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List[int] = (2, 0, 0),
         pool: int = 2, pool_ceil: bool = True, hidden: List[int] = (625,), activation: str = "relu",
-        use_bias: bool = True, init: str = "normal", init_std: float = 0.01, *,
+        use_bias: bool = True, init: str = "glorot", init_std: float = 0.01, *,
         num_classes: int, dropout: dict) -> nn.Module:
-    """Convolutional net; defaults are the seed notebook's convnet."""
+    """Convolutional net; the default architecture is the seed notebook's convnet."""
     _check_common(activation, init, init_std)
     require(len(features) > 0 and all(f > 0 for f in features),
             f"features must be a non-empty list of positive channel counts (got {list(features)})")
