@@ -1,6 +1,6 @@
 """Print the README's results table from run directories (their summary.json and config).
 
-Usage: python scripts/results_table.py RUN_DIR [RUN_DIR ...]
+Usage: .venv/bin/python scripts/results_table.py RUN_DIR [RUN_DIR ...]
 Each row: preset, dataset, epochs, final and best test accuracy, train accuracy (eval mode),
 steady seconds per epoch (training only), total wall seconds of the run.
 """
@@ -25,7 +25,7 @@ def row(run_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    print("| preset | dataset | epochs | final test acc | best test acc | final train acc | "
+    print("| preset | dataset | epochs | final test acc | test acc at best epoch | final train acc | "
           "train s / epoch | wall s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for d in sys.argv[1:]:

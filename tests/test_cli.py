@@ -86,6 +86,10 @@ def test_default_run_writes_complete_run_dir(dlrun, tmp_path):
     epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"], describe(proc)
     assert proc.stderr.strip() == "", describe(proc)
+    done = [line for line in proc.stdout.splitlines() if line.startswith("done: final test_err")]
+    assert len(done) == 1 and "best val_error" in done[0] and "s total" in done[0], describe(proc)
+    for name in ("params.pkl", "best_params.pkl", "summary.json", "metrics.jsonl"):
+        assert (run_dir / name).stat().st_mode & 0o044 == 0o044, name  # group/other readable
 
     # Hydra's record of the run
     config = resolved_config(run_dir)
@@ -258,6 +262,12 @@ BAD_INPUTS = [
     ("unknown-experiment", ["+experiment=nope"], ["nope", "radford_convnet"]),
     ("warmup-longer-than-run", ["schedule=cosine", "schedule.warmup_epochs=5", "train.epochs=1"],
      ["warmup_epochs"]),
+    ("misspelt-group", ["optimizer=adam"], ["did you mean optim?"]),
+    ("misspelt-top-level-key", ["epochs=5"], ["did you mean train.epochs?"]),
+    ("scalar-for-a-list", ["model.hidden=256"], ["model.hidden=[256]"]),
+    ("sweep-values-without-m", ["optim.lr=0.1,0.01"], ["--multirun"]),
+    ("experiment-without-plus", ["experiment=radford_net"], ["+experiment=radford_net"]),
+    ("sweep-with-unknown-option", ["-m", "model=foo,logreg", *TINY], ["unknown model 'foo'"]),
 ]
 LR_INF = pytest.param(["optim.lr=inf", *TINY], ["optim.lr", "finite"], id="lr-infinite")
 
@@ -287,6 +297,20 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(dlrun, tmp_path, args, 
 
 
 # -------------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_whose_jobs_all_fail_leaves_nothing(dlrun, tmp_path):
+    proc = dlrun("-m", "optim=sgd,rmsprop", "optim.lr=abc", *TINY)
+    assert proc.returncode == 2, describe(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert [line.split(" (")[0] for line in lines] == ["dlrun: error: job 0", "dlrun: error: job 1"]
+    assert "sweep summary" not in proc.stdout + proc.stderr
+    assert files_under(tmp_path / "outputs") == []
+
+
+def test_version(dlrun):
+    proc = dlrun("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("dlrun 0."), describe(proc)
 
 
 def sweep_dirs(tmp_path: Path) -> list[Path]:

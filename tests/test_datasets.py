@@ -242,7 +242,7 @@ def test_bad_checksum_in_data_dir(tmp_path):
     msg = one_line_error(excinfo)
     actual = hashlib.sha256((data_dir / TRAIN_IMAGES).read_bytes()).hexdigest()
     assert msg.startswith("mnist:") and str(data_dir / TRAIN_IMAGES) in msg
-    assert "440fcabf73cc" in msg and actual[:12] in msg and "delete" in msg
+    assert "440fcabf73cc" in msg and actual[:12] in msg and "replace it" in msg and "delete" not in msg
 
 
 @pytest.mark.parametrize("mirror", [None, "closed-port"])

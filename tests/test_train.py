@@ -105,6 +105,11 @@ def test_epoch_order_drop_last_and_shuffle():
     assert sorted(flat) == list(range(300)) and not np.array_equal(flat, np.arange(300))
 
 
+def test_empty_regularizer_list_means_none():
+    setup = train.build_setup(compose("regularizer=[]"))
+    assert setup.reg.loss_terms == () and setup.reg.update_steps == () and setup.reg.dropout == {}
+
+
 def test_loop_auto_picks_step_for_convnets_and_scan_for_dense():
     assert train.build_setup(compose("model=cnn")).loop == "step"
     assert train.build_setup(compose("model=mlp")).loop == "scan"

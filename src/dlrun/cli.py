@@ -11,6 +11,8 @@ import time
 
 STARTED_AT = time.perf_counter()  # "start to first step" is measured from here
 
+import difflib  # noqa: E402
+import importlib.resources  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
@@ -19,17 +21,18 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
+import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.errors import HydraException, MissingConfigException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from dlrun import __version__  # noqa: E402
 from dlrun.errors import DlrunError  # noqa: E402
 
 log = logging.getLogger("dlrun")
 _USER_ERRORS: list[str] = []  # one line per job that failed on bad input (see main)
-_SWEEP_DIRS: set[Path] = set()  # sweep directories of this process, checked when it ends
 # Run-directory suffix, one per process (all jobs of a sweep share the sweep directory): the PID
 # is unique among processes alive on this host, the random part across hosts sharing outputs/.
 _UID = f"{os.getpid():x}{secrets.token_hex(2)}"
@@ -49,8 +52,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
         discard_run_dir(workdir)
-        if multirun:
-            _SWEEP_DIRS.add(Path(hc.sweep.dir))
+        if os.environ.get("DLRUN_DEBUG") == "1":
+            raise
         job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
         _USER_ERRORS.append(job + str(exc))
         return None
@@ -70,7 +73,9 @@ def discard_run_dir(workdir: Path) -> None:
 
 def discard_failed_sweeps() -> None:
     """A sweep none of whose jobs completed leaves nothing behind (not even multirun.yaml)."""
-    for sweep_dir in _SWEEP_DIRS:
+    from dlrun.sweep import STARTED_SWEEPS
+
+    for sweep_dir in STARTED_SWEEPS:
         if not any(sweep_dir.glob("*/summary.json")):
             shutil.rmtree(sweep_dir, ignore_errors=True)
             remove_empty_parents(sweep_dir.parent)
@@ -86,29 +91,72 @@ def remove_empty_parents(parent: Path) -> None:
         parent = parent.parent
 
 
+def flat(text: str) -> str:
+    """Hydra's multi-line messages (with their fix-it hints) as one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("See https://hydra.cc"))
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line, actionable description of a user error."""
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
         return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
     cause = exc.__cause__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
-        key = getattr(cause, "full_key", "?")
-        if key.startswith("regularizer."):
-            name = key.split(".")[1]
-            return (f"{key}: regularizer '{name}' is not selected; select it first, "
-                    f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
-        return (f"{key} is not a setting of this config (misspelt?); "
-                f"`dlrun --cfg job` lists the valid keys")
+        return unknown_key(getattr(cause, "full_key", "?"))
+    text = flat(str(exc)) or type(exc).__name__
+    if "Ambiguous value for argument" in text:
+        return (text.split(" 1.")[0].rstrip() + "; to sweep over the values add -m (--multirun); "
+                "for a list write key=[a,b]")
+    if "To append to your config use" in text:
+        return text.replace("To append to your config use", "to add a new key use")
     if cause is not None and str(cause).strip():
-        text += " " + str(cause).strip().splitlines()[0]
+        text += " " + flat(str(cause))
     return text
+
+
+def unknown_key(key: str) -> str:
+    """Message for an override of a key the config does not have, with a suggestion."""
+    if key.startswith("regularizer."):
+        name = key.split(".")[1]
+        return (f"{key}: regularizer '{name}' is not selected; select it first, "
+                f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
+    known = known_keys()
+    last = key.rsplit(".", 1)[-1]
+    guesses = [k for k in known if k.rsplit(".", 1)[-1] == last and k != key]
+    top = [k for k in known if "." not in k]
+    if not guesses and "." not in key:  # a misspelt group name: suggest groups first
+        guesses = difflib.get_close_matches(key, top, n=2, cutoff=0.6)
+    guesses = guesses or difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(guesses[:3])}?" if guesses else ""
+    return (f"{key} is not a setting of this config{hint} "
+            f"(`dlrun --cfg job` prints the valid keys, `dlrun --help` the groups)")
+
+
+def known_keys() -> list[str]:
+    """Every group name and every group.key found in the packaged config files."""
+    conf = importlib.resources.files("dlrun.conf")
+    keys = {"experiment"}
+    for group in conf.iterdir():
+        if not group.is_dir() or group.name in ("hydra", "experiment", "__pycache__"):
+            continue
+        keys.add(group.name)
+        for option in group.iterdir():
+            if option.name.endswith(".yaml"):
+                node = yaml.safe_load(option.read_text()) or {}
+                keys.update(f"{group.name}.{k}" for k in node)
+    top = yaml.safe_load((conf / "config.yaml").read_text())
+    keys.update(f"train.{k}" for k in top["train"])
+    return sorted(keys)
 
 
 def main() -> None:
     """Console entry point: run Hydra, turning user errors into one line and exit code 2."""
     debug = os.environ.get("DLRUN_DEBUG") == "1"
+    if sys.argv[1:] in (["--version"], ["-V"]):
+        print(f"dlrun {__version__} (hydra-core {hydra.__version__})")
+        return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     try:
         _hydra_main()

@@ -176,7 +176,7 @@ def locate_files(name: str, *, data_dir: str | None = None, cache_dir: str | Non
     for fname, accepted in spec.files.items():
         path = next((d / fname for d in dirs if (d / fname).is_file()), None)
         if path is not None:
-            _verify_file(name, path, accepted)
+            _verify_file(name, path, accepted, default_cache_dir(cache_dir))
             found[fname] = path
     missing = [f for f in spec.files if f not in found]
     if not missing:
@@ -245,7 +245,7 @@ def _one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _verify_file(name: str, path: Path, accepted: tuple[str, ...]) -> None:
+def _verify_file(name: str, path: Path, accepted: tuple[str, ...], cache_root: Path) -> None:
     try:
         actual = sha256_file(path)
     except OSError as e:
@@ -253,9 +253,11 @@ def _verify_file(name: str, path: Path, accepted: tuple[str, ...]) -> None:
                         "check its permissions") from e
     if actual not in accepted:
         expected = " or ".join(_short(d) for d in accepted)
+        in_cache = cache_root.resolve() in path.resolve().parents  # ours to delete, not the user's
+        fix = ("delete it (it is downloaded again when a network is available) or replace it with "
+               "the official file" if in_cache else "replace it with the official file")
         raise DataError(f"{name}: {path} has SHA-256 {_short(actual)}, expected {expected}; the "
-                        f"file is corrupt, incomplete or not the official {path.name}: delete it "
-                        "(it is downloaded again when needed) or replace it with the official file")
+                        f"file is corrupt, incomplete or not the official {path.name}: {fix}")
 
 
 def _fetch(url: str, timeout: float) -> bytes:

@@ -121,8 +121,10 @@ def cosine(warmup_epochs: int = 0, final_fraction: float = 0.0, *, steps_per_epo
     require(0 <= final_fraction <= 1, f"final_fraction must be in [0, 1] (got {final_fraction})")
     warmup = warmup_epochs * steps_per_epoch
     require(warmup < total_steps, f"warmup_epochs ({warmup_epochs}) must be shorter than the run")
-    return lambda lr: optax.warmup_cosine_decay_schedule(
-        0.0 if warmup else lr, lr, warmup, total_steps, end_value=final_fraction * lr)
+    if not warmup:
+        return lambda lr: optax.cosine_decay_schedule(lr, total_steps, alpha=final_fraction)
+    return lambda lr: optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps,
+                                                         end_value=final_fraction * lr)
 
 
 SCHEDULES: dict[str, Callable[..., Callable[[float], Schedule]]] = {

@@ -46,6 +46,11 @@ def typed_kwargs(prefix: str, builder: Callable, node: Mapping[str, Any] | DictC
     schema = dataclasses.make_dataclass(f"{prefix.replace('.', '_')}_schema", fields)
     node = OmegaConf.create(node) if not isinstance(node, DictConfig) else node
     valid = ", ".join(p.name for p in params)
+    for p in params:
+        value = node.get(p.name)
+        if getattr(p.annotation, "__origin__", None) is list and value is not None \
+                and not OmegaConf.is_list(value) and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{prefix}.{p.name} must be a list, e.g. {prefix}.{p.name}=[{value}]")
     for key in node:
         if key not in {p.name for p in params}:
             raise ConfigError(f"{prefix}.{key} is not a setting of this {prefix}; "

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from dlrun.io import atomic_write_text
 
 log = logging.getLogger("dlrun")
+STARTED_SWEEPS: set[Path] = set()  # sweep dirs this process started (the CLI removes empty ones)
 COLUMNS = ("job", "overrides", "status", "epochs", "train_error", "val_error", "test_error",
            "best_epoch", "best_val_error", "best_test_error", "train_seconds")
 
@@ -27,7 +28,12 @@ def job_row(job_dir: Path) -> dict:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row = {"job": job_dir.name, "overrides": " ".join(overrides or []), "status": "incomplete"}
-    summary_file = job_dir / "summary.json"
+    summary_file, metrics_file = job_dir / "summary.json", job_dir / "metrics.jsonl"
+    if not summary_file.exists() and metrics_file.exists():  # still running, or crashed
+        lines = metrics_file.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        row.update(epochs=last.get("epoch"), train_error=last.get("train_error"),
+                   val_error=last.get("val_error"), test_error=last.get("test_error"))
     if summary_file.exists():
         s = json.loads(summary_file.read_text())
         final, best = s["final"], s.get("best") or {}
@@ -46,6 +52,11 @@ def sort_key(row: dict):
 
 
 def write_sweep_summary(sweep_dir: str | Path) -> list[dict]:
+    """Write summary.csv and summary.md into `sweep_dir` (one row per job dir); return the rows.
+
+    Works on any sweep directory, also one still running or crashed: jobs without a
+    summary.json are marked `incomplete`, with their last recorded epoch's errors.
+    """
     sweep_dir = Path(sweep_dir)
     jobs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()),
                   key=lambda d: int(d.name) if d.name.isdigit() else d.name)
@@ -74,10 +85,15 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: write the sweep summary when a multirun ends."""
+    """Hydra callback: note each sweep's directory when it starts, write its summary at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        STARTED_SWEEPS.add(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
+        if any(sweep_dir.glob("*/summary.json")):  # else the CLI removes the failed sweep
             rows = write_sweep_summary(sweep_dir)
-            log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
+            done = sum(r["status"] == "done" for r in rows)
+            log.info("sweep summary (%d of %d job(s) done): %s", done, len(rows),
+                     (sweep_dir / "summary.md").resolve())

@@ -82,11 +82,11 @@ def build_setup(cfg: DictConfig) -> Setup:
     require(not unknown, f"unknown top-level key(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(TOP_LEVEL_KEYS)}")
     for key in TOP_LEVEL_KEYS:
-        require(key in cfg, f"the config has no '{key}' node")
+        require(key in cfg or key == "regularizer", f"the config has no '{key}' node")
     tc = build("train", {"train": train_config}, {"name": "train", **cfg.train})
     ds = build("dataset", data_splits.DATASETS, cfg.dataset)
     data_splits.check_batch_size(ds, tc.batch_size)
-    reg = regularizers.build_all(cfg.regularizer)
+    reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
     model = build("model", models.MODELS, cfg.model, num_classes=NUM_CLASSES, dropout=reg.dropout)
     n_train, _, _ = ds.sizes()
     steps = n_train // tc.batch_size if tc.drop_last else -(-n_train // tc.batch_size)
@@ -239,9 +239,12 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     run_epoch, compile_s = make_epoch_runner(setup, splits["train"], train_key)
     evaluate = make_evaluator(setup.model, setup.train.eval_batch_size)
     select = "val_error" if "val" in splits else "test_error"
-    log.info("%s | %s | %d params | %d train / %d val / %d test | loop=%s | compile %.2fs",
-             cfg.model.name, cfg.optim.name, count_params(state.params), splits["train"].n,
-             splits["val"].n if "val" in splits else 0, splits["test"].n, setup.loop, compile_s)
+    log.info("model %s (%d params) | optim %s, lr %g, schedule %s | regularizer %s | "
+             "%s: %d train / %d val / %d test | loop %s | compile %.2fs",
+             cfg.model.name, count_params(state.params), cfg.optim.name, cfg.optim.lr,
+             cfg.schedule.name, ",".join(cfg.get("regularizer") or ["none"]), setup.dataset.name,
+             splits["train"].n, splits["val"].n if "val" in splits else 0, splits["test"].n,
+             setup.loop, compile_s)
     first_step_s = time.perf_counter() - started_at
     best, history = None, []
     for epoch in range(1, setup.train.epochs + 1):
@@ -249,6 +252,9 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
         history.append(record)
         writer.append_metrics(record)
         log.info(format_record(record, setup.train.epochs))
+        if not np.isfinite(record["train_loss"]):
+            log.warning("warning: the training loss is not finite: training diverged; "
+                        "try a lower optim.lr")
         if record.get(select) is not None and (best is None or record[select] < best[select]):
             best, best_params = record, jax.device_get(state.params)
     final_params = jax.device_get(state.params)
@@ -257,6 +263,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     summary = make_summary(setup, history, best, select, compile_s, first_step_s,
                            time.perf_counter() - started_at, count_params(state.params))
     writer.save_summary(summary)
+    log.info(format_end(summary))
     return summary
 
 
@@ -284,15 +291,28 @@ def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evalua
 
 
 def format_record(r: dict, epochs: int) -> str:
-    parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}", f"loss {r['train_loss']:.4f}",
-             f"train_err {100 * r['train_error']:.2f}%"]
+    """The per-epoch console line; metrics.jsonl has the full record."""
+    parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}",
+             f"train_loss {r['train_loss']:.4g}", f"train_err {100 * r['train_error']:.2f}%"]
     for key, label in (("train_eval_error", "train_eval_err"), ("val_error", "val_err"),
                        ("test_error", "test_err")):
         if key in r:
             parts.append(f"{label} {100 * r[key]:.2f}%")
-    parts += [f"lr {r['lr']:.3g}", f"{r['epoch_seconds']:.2f}s",
+    parts += [f"lr {r['lr']:.3g}", f"train {r['epoch_seconds']:.2f}s",
               f"{r['examples_per_second']:,.0f} ex/s"]
     return "  ".join(parts)
+
+
+def format_end(s: dict) -> str:
+    """The closing console line: final and best results, and where the time went."""
+    final, best, t = s["final"], s["best"], s["timings"]
+    pct = lambda v: f"{100 * v:.2f}%" if v is not None else "n/a"
+    text = f"done: final test_err {pct(final.get('test_error'))}"
+    if best:
+        text += (f", best {s['best_selected_on']} {pct(best.get(s['best_selected_on']))} at epoch "
+                 f"{best['epoch']} (test_err {pct(best.get('test_error'))})")
+    return (text + f" | {t['total_seconds']:.1f}s total: compile {t['compile_seconds']:.1f}s, "
+            f"train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s")
 
 
 def count_params(params: dict) -> int:
