@@ -10,7 +10,6 @@ from functools import partial
 from typing import List, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dlrun import datasets
@@ -38,7 +37,7 @@ class DataConfig:
         return n_train, self.val_size, n_test
 
 
-def dataset_spec(val_size: int = 0, train_subset: Optional[int] = None,
+def data_config(val_size: int = 0, train_subset: Optional[int] = None,
                  data_dir: Optional[str] = None, download: bool = True,
                  mirrors: Optional[List[str]] = None, *, name: str) -> DataConfig:
     """Validate a dataset node. val_size images are held out from the end of the training split."""
@@ -50,7 +49,7 @@ def dataset_spec(val_size: int = 0, train_subset: Optional[int] = None,
     return DataConfig(name, val_size, train_subset, data_dir, download, mirrors)
 
 
-DATASETS = {name: partial(dataset_spec, name=name) for name in datasets.REGISTRY}
+DATASETS = {name: partial(data_config, name=name) for name in datasets.REGISTRY}
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,18 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
 """
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dlrun import models, splits as data_splits, optim, regularizers
-from dlrun.errors import ConfigError
-from dlrun.registry import build, require, typed_kwargs
+from dlrun.registry import build, require
 from dlrun.outputs import RunWriter
 
 log = logging.getLogger("dlrun")
@@ -340,8 +338,7 @@ def make_summary(setup: Setup, history: list, best: Optional[dict], select: str,
 
 
 def versions() -> dict:
-    import hydra
-    import dlrun
-    return {"dlrun": dlrun.__version__, "jax": jax.__version__, "jaxlib": jax.lib.__version__
-            if hasattr(jax.lib, "__version__") else None, "flax": flax.__version__,
-            "optax": optax.__version__, "hydra": hydra.__version__, "numpy": np.__version__}
+    """Installed versions of dlrun and the libraries that determine its numbers."""
+    from importlib.metadata import version
+    return {pkg: version(pkg) for pkg in
+            ("dlrun", "jax", "jaxlib", "flax", "optax", "hydra-core", "numpy")}
