@@ -22,6 +22,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than 30 s; deselect with -m 'not slow'")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_dlrun_cache(tmp_path_factory, monkeypatch) -> None:
+    """In-process runs keep datasets and compiled programs in one cache per test session,
+    never in the user's ~/.cache/dlrun."""
+    monkeypatch.setenv("DLRUN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dlrun-cache"))
+
+
 def dlrun_env(tmp_path: Path) -> dict[str, str]:
     """The caller's environment, with the dataset cache inside tmp_path (never ~/.cache) and
     without the switches that change how dlrun reports errors."""

@@ -490,3 +490,18 @@ def test_wheel_ships_configs_and_sample(tmp_path):
     assert proc.returncode == 0, describe(proc)
     assert yaml.safe_load(proc.stdout)["model"]["name"] == "logreg"
     assert not (work / "outputs").exists()
+
+
+def test_second_run_reuses_compiled_programs(dlrun, tmp_path):
+    """train.compile_cache: the first run fills <cache>/xla, a rerun of the same config adds
+    nothing (every program is a cache hit); compile_cache=false writes no cache."""
+    xla = tmp_path / "cache" / "xla"
+    off = dlrun("train.compile_cache=false", *TINY)
+    assert off.returncode == 0 and not xla.exists(), describe(off)
+    first = dlrun(*TINY)
+    assert first.returncode == 0, describe(first)
+    entries = sorted(p.name for p in xla.iterdir())
+    assert entries, "the first run cached nothing"
+    second = dlrun(*TINY)
+    assert second.returncode == 0, describe(second)
+    assert sorted(p.name for p in xla.iterdir()) == entries

@@ -14,6 +14,7 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig
 
-from dlrun import models, splits as data_splits, optim, regularizers
+from dlrun import datasets, models, splits as data_splits, optim, regularizers
 from dlrun.registry import build, require
 from dlrun.outputs import RunWriter
 
@@ -45,11 +46,13 @@ class TrainConfig:
     eval_train: bool
     eval_batch_size: int
     loop: str
+    compile_cache: bool
 
 
 def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, eval_every: int = 1, eval_train: bool = False,
-                 eval_batch_size: int = 1000, loop: str = "auto") -> TrainConfig:
+                 eval_batch_size: int = 1000, loop: str = "auto", compile_cache: bool = True
+                 ) -> TrainConfig:
     require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
     require(batch_size >= 1, f"batch_size must be >= 1 (got {batch_size})")
     require(seed >= 0, f"seed must be >= 0 (got {seed})")
@@ -57,7 +60,7 @@ def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle
     require(eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {eval_batch_size})")
     require(loop in ("auto", "step", "scan"), f"loop must be auto, step or scan (got '{loop}')")
     return TrainConfig(epochs, batch_size, seed, shuffle, drop_last, eval_every, eval_train,
-                       eval_batch_size, loop)
+                       eval_batch_size, loop, compile_cache)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ def build_setup(cfg: DictConfig) -> Setup:
     tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule)
     loop = tc.loop if tc.loop != "auto" else ("scan" if model.scan_friendly else "step")
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps)
+
+
+def enable_compile_cache(path: Path) -> None:
+    """Keep every compiled XLA program in `path` (JAX's persistent compilation cache), so a
+    second run of the same config loads its programs instead of compiling them."""
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class TrainState(NamedTuple):
@@ -229,6 +240,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     started_at = started_at or time.perf_counter()
     setup = build_setup(cfg)
     splits = data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
+    if setup.train.compile_cache:
+        enable_compile_cache(datasets.default_cache_dir() / "xla")
     on_start()
     writer = RunWriter(workdir)
     key = jax.random.key(setup.train.seed)
