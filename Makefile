@@ -13,8 +13,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# torch is the benchmark's peer only, never a dependency of dlrun (2.13.0: a local CPU build here).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_epoch.py
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python benchmarks/bench_epoch.py --json benchmarks/results.json
 
 # Reinstall when the package metadata changes. Editable install: code and conf/ edits apply at once.
 $(STAMP): pyproject.toml
