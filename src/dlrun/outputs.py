@@ -16,7 +16,7 @@ from dlrun.io import atomic_write_json, atomic_write_pickle
 
 def to_numpy_tree(tree):
     """Nested dict of arrays -> nested dict of numpy arrays (plain dicts, no Flax types)."""
-    if isinstance(tree, dict) or hasattr(tree, "items"):
+    if hasattr(tree, "items"):  # dict or any mapping (e.g. Flax's FrozenDict)
         return {str(k): to_numpy_tree(v) for k, v in tree.items()}
     return np.asarray(tree)
 

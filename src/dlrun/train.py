@@ -90,7 +90,7 @@ def build_setup(cfg: DictConfig) -> Setup:
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
     model = build("model", models.MODELS, cfg.model, num_classes=NUM_CLASSES, dropout=reg.dropout)
     n_train, _, _ = ds.sizes()
-    steps = n_train // tc.batch_size if tc.drop_last else -(-n_train // tc.batch_size)
+    steps = steps_per_epoch(n_train, tc.batch_size, tc.drop_last)
     require(steps * tc.epochs < 2**31,
             f"train.epochs ({tc.epochs}) x {steps} steps per epoch overflows the int32 step "
             f"counter; use at most {(2**31 - 1) // steps} epochs")
@@ -153,6 +153,11 @@ def make_train_step(setup: Setup) -> Callable:
     return step
 
 
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps per pass over n examples: full batches only, or with the partial one."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool, drop_last: bool):
     """Row indices (steps, B) int32 and weights (steps, B) float32 for one epoch.
 
@@ -160,7 +165,7 @@ def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool, drop_las
     (for n not a multiple of B; the seed also drops a last *full* batch when B divides n).
     """
     order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
-    steps = n // batch_size if drop_last else -(-n // batch_size)
+    steps = steps_per_epoch(n, batch_size, drop_last)
     pad = steps * batch_size - n
     idx = jnp.pad(order, (0, max(pad, 0)))[: steps * batch_size].astype(jnp.int32)
     w = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
@@ -250,9 +255,10 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     run_epoch, compile_s = make_epoch_runner(setup, splits["train"], train_key)
     evaluate = make_evaluator(setup.model, setup.train.eval_batch_size)
     select = "val_error" if "val" in splits else "test_error"
+    n_params = count_params(state.params)
     log.info("model %s (%d params) | optim %s, lr %g, schedule %s | regularizer %s | "
              "%s: %d train / %d val / %d test | loop %s | compile %.2fs",
-             cfg.model.name, count_params(state.params), cfg.optim.name, cfg.optim.lr,
+             cfg.model.name, n_params, cfg.optim.name, cfg.optim.lr,
              cfg.schedule.name, ",".join(cfg.get("regularizer") or ["none"]), setup.dataset.name,
              splits["train"].n, splits["val"].n if "val" in splits else 0, splits["test"].n,
              setup.loop, compile_s)
@@ -272,7 +278,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     writer.save_params("params.pkl", final_params)
     writer.save_params("best_params.pkl", best_params if best else final_params)
     summary = make_summary(setup, history, best, select, compile_s, first_step_s,
-                           time.perf_counter() - started_at, count_params(state.params))
+                           time.perf_counter() - started_at, n_params)
     writer.save_summary(summary)
     log.info(format_end(summary))
     return summary
