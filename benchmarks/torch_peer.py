@@ -44,16 +44,17 @@ NETWORKS = {  # preset -> (model, optimizer)
 }
 
 
-def ms_per_step(preset: str, x: np.ndarray, y: np.ndarray, steps: int, batch: int = 128) -> float:
-    """Median-free steady state: warm up 5 steps, then time `steps` steps in data order."""
+def ms_per_step(preset: str, x: np.ndarray, y: np.ndarray, steps: int, batch: int = 128,
+                device: str = "cpu") -> float:
+    """Steady state: warm up 5 steps, then time `steps` steps in data order."""
     torch.manual_seed(0)
     make_model, make_opt = NETWORKS[preset]
-    model = make_model()
+    model = make_model().to(device)
     for p in model.parameters():
         nn.init.normal_(p, std=0.01)
     opt = make_opt(model.parameters())
-    xt = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2)))  # NCHW, a writable copy
-    yt = torch.from_numpy(y.astype(np.int64))
+    xt = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2))).to(device)  # NCHW, on the device
+    yt = torch.from_numpy(y.astype(np.int64)).to(device)
     model.train()
 
     def step(i: int) -> None:
@@ -63,11 +64,14 @@ def ms_per_step(preset: str, x: np.ndarray, y: np.ndarray, steps: int, batch: in
         loss.backward()
         opt.step()
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for i in range(5):
         step(i)
+    sync()
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
+    sync()
     return 1000 * (time.perf_counter() - t0) / steps
 
 
@@ -89,5 +93,7 @@ if __name__ == "__main__":
     import json
     import sys
     preset, steps = sys.argv[1], int(sys.argv[2])
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"  # "cuda" when dlrun runs on a GPU
     x, y = load_images()
-    print(json.dumps({"torch": torch.__version__, "ms_per_step": ms_per_step(preset, x, y, steps)}))
+    print(json.dumps({"torch": torch.__version__, "device": device,
+                      "ms_per_step": ms_per_step(preset, x, y, steps, device=device)}))

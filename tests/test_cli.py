@@ -268,6 +268,9 @@ BAD_INPUTS = [
     ("sweep-values-without-m", ["optim.lr=0.1,0.01"], ["--multirun"]),
     ("experiment-without-plus", ["experiment=radford_net"], ["+experiment=radford_net"]),
     ("sweep-with-unknown-option", ["-m", "model=foo,logreg", *TINY], ["unknown model 'foo'"]),
+    ("lrs-length-differs-from-num-seeds", ["train.num_seeds=3", "train.lrs=[0.1,0.01]"],
+     ["train.lrs", "train.num_seeds=2"]),
+    ("num-seeds-zero", ["train.num_seeds=0"], ["train.num_seeds"]),
 ]
 LR_INF = pytest.param(["optim.lr=inf", *TINY], ["optim.lr", "finite"], id="lr-infinite")
 

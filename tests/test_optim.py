@@ -14,7 +14,8 @@ from dlrun.registry import build
 from _config import compose
 
 x_raw, y_raw, _, _ = datasets.load_raw("mnist_sample")
-XB = jnp.asarray(x_raw[:64, :, :, None] / np.float32(255))
+XU8 = jnp.asarray(x_raw[:64, :, :, None])  # the step's input: uint8 pixels, as on the device
+XB = jnp.asarray(x_raw[:64, :, :, None] / np.float32(255))  # the models' input
 YB = jnp.asarray(y_raw[:64].astype(np.int32))
 
 
@@ -33,7 +34,7 @@ def test_every_model_and_optimizer_reduces_loss_on_a_fixed_batch(model, opt):
     idx, w = jnp.arange(64, dtype=jnp.int32), jnp.ones(64)
     acc = jnp.zeros(3)
     for _ in range(8):
-        state, acc = step(state, acc, XB, YB, idx, w, jax.random.key(1))
+        state, acc = step(state, acc, XU8, YB, idx, w, jax.random.key(1))
     after = batch_loss(setup, state.params)
     assert np.isfinite(after) and after < before, (before, after)
     assert int(state.step) == 8 and float(acc[2]) == 8 * 64

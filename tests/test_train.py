@@ -3,6 +3,7 @@ import json
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,7 +81,7 @@ def test_scan_and_step_loops_compute_the_same_training():
         cfg = compose("model.hidden=[16]", "train.epochs=1", f"train.loop={loop}",
                       "regularizer=[dropout]")
         setup = train.build_setup(cfg)
-        x = jax.random.uniform(jax.random.key(0), (300, 28, 28, 1))
+        x = jax.random.randint(jax.random.key(0), (300, 28, 28, 1), 0, 256).astype(jnp.uint8)
         y = jax.random.randint(jax.random.key(1), (300,), 0, 10)
         split = train.data_splits.Split(x, y, 300)
         run_epoch, _ = train.make_epoch_runner(setup, split, jax.random.key(2))
@@ -113,3 +114,38 @@ def test_loop_auto_picks_step_for_convnets_and_scan_for_dense():
     assert train.build_setup(compose("model=cnn")).loop == "step"
     assert train.build_setup(compose("model=mlp")).loop == "scan"
     assert train.build_setup(compose("model=cnn", "train.loop=scan")).loop == "scan"
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_num_seeds_copies_equal_single_runs_with_those_seeds_and_lrs(model, tmp_path):
+    """train.num_seeds=N (one vmapped program) writes per copy what a run with that seed and
+    learning rate writes on its own: same metrics and parameters up to float rounding."""
+    common = [f"model={model}", "optim=sgd", "train.epochs=2", "dataset.train_subset=640",
+              "regularizer=[dropout]", "train.seed=5"]
+    if model == "mlp":
+        common.append("model.hidden=[32]")
+    else:
+        common += ["model.features=[4,8]", "model.padding=[1,0]", "model.hidden=[16]"]
+    lrs = [0.05, 0.2]
+    summary = train.train_and_evaluate(compose(*common, "train.num_seeds=2", f"train.lrs={lrs}"),
+                                       str(tmp_path / "vmap"))
+    assert [c["seed"] for c in summary["copies"]] == [5, 6] and summary["epochs"] == 2
+    for seed, lr in zip((5, 6), lrs):
+        alone = tmp_path / f"alone_{seed}"
+        train.train_and_evaluate(compose(*common, f"train.seed={seed}", f"optim.lr={lr}"), str(alone))
+        copy = tmp_path / "vmap" / f"seed_{seed}"
+        got = [json.loads(l) for l in (copy / "metrics.jsonl").read_text().splitlines()]
+        want = [json.loads(l) for l in (alone / "metrics.jsonl").read_text().splitlines()]
+        for g, w in zip(got, want, strict=True):
+            assert g["lr"] == pytest.approx(w["lr"]) and g["step"] == w["step"]
+            for key in ("train_loss", "val_loss", "test_loss"):
+                assert g[key] == pytest.approx(w[key], rel=1e-4), key
+            for key in ("train_error", "val_error", "test_error"):
+                assert abs(g[key] - w[key]) <= 0.004, key  # at most a couple of examples flip
+        p_copy = pickle.loads((copy / "params.pkl").read_bytes())
+        p_alone = pickle.loads((alone / "params.pkl").read_bytes())
+        for a, b in zip(jax.tree.leaves(p_copy), jax.tree.leaves(p_alone), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+        assert json.loads((copy / "summary.json").read_text())["lr"] == pytest.approx(lr)
+    finals = [c["final"]["test_error"] for c in summary["copies"]]
+    assert summary["final"]["test_error"] == pytest.approx(np.mean(finals))
