@@ -16,7 +16,7 @@ test: $(STAMP)
 # torch is the benchmark's peer only, never a dependency of dlrun (2.13.0: a local CPU build here).
 bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python benchmarks/bench_epoch.py --json benchmarks/results.json
+	$(BIN)/python benchmarks/bench_epoch.py --json benchmarks/results.json --md benchmarks/results.md
 
 # Reinstall when the package metadata changes. Editable install: code and conf/ edits apply at once.
 $(STAMP): pyproject.toml

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "torch_peer.py"
-DLRUN = Path(sys.executable).with_name("dlrun")
+DLRUN = shutil.which("dlrun", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                   os.environ.get("PATH", "")])) or "dlrun"
 CASES = [  # (label, preset, extra overrides, epochs run (the first is not timed), PyTorch steps)
     ("logreg", "radford_logreg", [], 6, 2000),
     ("net", "radford_net", [], 4, 400),
@@ -152,7 +154,7 @@ def torch_ms_per_step(preset: str, steps: int, device: str) -> float:
 def dlrun_command(args: list[str], cwd: str) -> dict:
     """Run `dlrun args` as a user does; wall seconds and its summary.json."""
     t0 = time.perf_counter()
-    subprocess.run([str(DLRUN), *args], cwd=cwd, check=True, capture_output=True, text=True)
+    subprocess.run([DLRUN, *args], cwd=cwd, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     summary = sorted(Path(cwd).glob("outputs/*/*/summary.json"), key=os.path.getmtime)[-1]
     return {"wall_seconds": wall, "summary": json.loads(summary.read_text())}

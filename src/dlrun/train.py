@@ -50,12 +50,13 @@ class TrainConfig:
     compile_cache: bool
     num_seeds: int
     lrs: tuple
+    scan_unroll: int
 
 
 def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, eval_every: int = 1, eval_train: bool = False,
                  eval_batch_size: int = 1000, loop: str = "auto", compile_cache: bool = True,
-                 num_seeds: int = 1, lrs: List[float] = ()) -> TrainConfig:
+                 num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4) -> TrainConfig:
     require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
     require(batch_size >= 1, f"batch_size must be >= 1 (got {batch_size})")
     require(seed >= 0, f"seed must be >= 0 (got {seed})")
@@ -67,8 +68,9 @@ def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle
             f"lrs needs one learning rate per copy (train.num_seeds={num_seeds}), got {len(lrs)}; "
             f"e.g. train.num_seeds={len(lrs)}, or lrs=[] to use optim.lr for all")
     require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
+    require(scan_unroll >= 1, f"scan_unroll must be >= 1 (got {scan_unroll})")
     return TrainConfig(epochs, batch_size, seed, shuffle, drop_last, eval_every, eval_train,
-                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs))
+                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs), scan_unroll)
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     def scan_epoch(state, acc, x, y, idx, w, key):
         def body(carry, batch):
             return step(*carry, x, y, *batch, key), None
-        return jax.lax.scan(body, (state, acc), (idx, w))[0]
+        return jax.lax.scan(body, (state, acc), (idx, w), unroll=tc.scan_unroll)[0]
 
     def one_step(state, acc, x, y, idx, w, key, i):
         return step(state, acc, x, y, idx[i], w[i], key)
