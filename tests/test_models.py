@@ -47,6 +47,20 @@ def test_conv_matmul_equals_xla_conv():
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_shift_matmul_equals_xla_conv_in_value_and_both_gradients():
+    r = np.random.RandomState(1)
+    x = jnp.asarray(r.randn(2, 8, 8, 1), jnp.float32)  # one input channel: the first layer's case
+    k = jnp.asarray(r.randn(3, 3, 1, 6), jnp.float32)
+    for pad in (0, 2):
+        np.testing.assert_allclose(models.conv_shift_matmul(x, k, pad), models.conv_xla(x, k, pad),
+                                   rtol=1e-5, atol=1e-5)
+        loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k, pad))))
+        gs = jax.grad(loss(models.conv_shift_matmul), argnums=(0, 1))(x, k)
+        gx = jax.grad(loss(models.conv_xla), argnums=(0, 1))(x, k)
+        for a, b in zip(gs, gx):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_train_and_eval_forward_agree_without_dropout():
     model = make("cnn")
     params = model.init(jax.random.key(0), X)["params"]
