@@ -149,3 +149,11 @@ def test_num_seeds_copies_equal_single_runs_with_those_seeds_and_lrs(model, tmp_
         assert json.loads((copy / "summary.json").read_text())["lr"] == pytest.approx(lr)
     finals = [c["final"]["test_error"] for c in summary["copies"]]
     assert summary["final"]["test_error"] == pytest.approx(np.mean(finals))
+
+
+def test_speedrun_preset_builds_with_its_recipe():
+    cfg = compose("+experiment=speedrun_fashion")
+    setup = train.build_setup(cfg)  # validates everything; loads no data
+    assert setup.dataset.name == "fashion_mnist" and setup.train.batch_size == 256
+    assert setup.train.shuffle and setup.loop == "step" and cfg.schedule.name == "cosine"
+    assert cfg.model.use_bias and cfg.model.init == "glorot" and cfg.optim.lr == 0.002
