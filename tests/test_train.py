@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dlrun import train
+from dlrun.io import load_arrays
 
 from _config import compose
 
@@ -56,6 +57,8 @@ def test_run_writes_metrics_params_and_summary(tmp_path):
     params = pickle.loads((tmp_path / "params.pkl").read_bytes())
     assert params["hidden_0"]["kernel"].shape == (784, 32) and isinstance(params["out"]["bias"], np.ndarray)
     best = pickle.loads((tmp_path / "best_params.pkl").read_bytes())
+    safe = load_arrays(tmp_path / "params.pkl")  # the restricted reader takes dlrun's own files
+    np.testing.assert_array_equal(safe["hidden_0"]["kernel"], params["hidden_0"]["kernel"])
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["best"]["val_error"] == min(r["val_error"] for r in records)
     assert on_disk["best_selected_on"] == "val_error" and set(best) == set(params)

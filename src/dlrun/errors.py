@@ -11,3 +11,7 @@ class ConfigError(DlrunError):
 
 class DataError(DlrunError):
     """A dataset is missing, corrupt, or inconsistent."""
+
+
+class FileError(DlrunError):
+    """A file given to dlrun is missing, truncated, or not something dlrun wrote."""
