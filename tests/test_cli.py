@@ -508,3 +508,13 @@ def test_second_run_reuses_compiled_programs(dlrun, tmp_path):
     second = dlrun(*TINY)
     assert second.returncode == 0, describe(second)
     assert sorted(p.name for p in xla.iterdir()) == entries
+
+
+def test_diverged_run_is_one_line_exit_2_and_keeps_its_directory(dlrun, tmp_path):
+    proc = dlrun("optim=sgd", "optim.lr=1e30", "model.hidden=[16]", *TINY)
+    assert proc.returncode == 2, describe(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stdout + proc.stderr, describe(proc)
+    assert lines[0].startswith("dlrun: error: training diverged at epoch 1, step 2")
+    files = {p.name for p in files_under(tmp_path / "outputs")}
+    assert "metrics.jsonl" in files and "params.pkl" not in files, files

@@ -32,7 +32,7 @@ def test_every_model_and_optimizer_reduces_loss_on_a_fixed_batch(model, opt):
     before = batch_loss(setup, state.params)
     step = jax.jit(train.make_train_step(setup))
     idx, w = jnp.arange(64, dtype=jnp.int32), jnp.ones(64)
-    acc = jnp.zeros(3)
+    acc = train.epoch_acc()
     for _ in range(8):
         state, acc = step(state, acc, XU8, YB, idx, w, jax.random.key(1))
     after = batch_loss(setup, state.params)

@@ -160,3 +160,26 @@ def test_speedrun_preset_builds_with_its_recipe():
     assert setup.dataset.name == "fashion_mnist" and setup.train.batch_size == 256
     assert setup.train.shuffle and setup.loop == "step" and cfg.schedule.name == "cosine"
     assert cfg.model.use_bias and cfg.model.init == "glorot" and cfg.optim.lr == 0.002
+
+
+@pytest.mark.parametrize("loop", ["scan", "step"])
+def test_nan_policy_raise_stops_naming_epoch_and_step(tmp_path, loop):
+    """lr 1e30: the first step overflows the weights, the second step's loss is not finite."""
+    cfg = compose("model.hidden=[32]", "optim=sgd", "optim.lr=1e30", "train.epochs=3",
+                  "dataset.train_subset=1280", f"train.loop={loop}", "train.shuffle=false")
+    with pytest.raises(train.TrainingDiverged, match=r"epoch 1, step 2: non-finite") as err:
+        train.train_and_evaluate(cfg, str(tmp_path))
+    assert "train.nan_policy=skip" in str(err.value) and "\n" not in str(err.value)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1] and records[0]["nonfinite_steps"] == 9
+    assert not (tmp_path / "params.pkl").exists()  # no final parameters of a failed run
+
+
+def test_nan_policy_skip_goes_on_and_counts(tmp_path):
+    cfg = compose("model.hidden=[32]", "optim=sgd", "optim.lr=1e30", "train.epochs=2",
+                  "dataset.train_subset=1280", "train.nan_policy=skip")
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["nonfinite_steps"] > 0 for r in records) and summary["epochs"] == 2
+    params = load_arrays(tmp_path / "params.pkl")
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(params))  # bad steps never applied

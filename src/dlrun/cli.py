@@ -52,7 +52,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                                      on_start=lambda: log.info("run dir: %s", workdir.resolve()))
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
-        discard_run_dir(workdir)
+        if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
+            discard_run_dir(workdir)
         if os.environ.get("DLRUN_DEBUG") == "1":
             raise
         job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""

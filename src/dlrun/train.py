@@ -26,11 +26,14 @@ import optax
 from omegaconf import DictConfig
 
 from dlrun import datasets, models, splits as data_splits, optim, regularizers
+from dlrun.errors import DlrunError
 from dlrun.registry import build, require
 from dlrun.outputs import RunWriter
 
 log = logging.getLogger("dlrun")
 NUM_CLASSES = 10
+ACC_SIZE = 5  # per-epoch sums: cross-entropy, errors, examples, non-finite steps, first such step
+NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train")
 
 
@@ -51,12 +54,14 @@ class TrainConfig:
     num_seeds: int
     lrs: tuple
     scan_unroll: int
+    nan_policy: str
 
 
 def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, eval_every: int = 1, eval_train: bool = False,
                  eval_batch_size: int = 1000, loop: str = "auto", compile_cache: bool = True,
-                 num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4) -> TrainConfig:
+                 num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4,
+                 nan_policy: str = "raise") -> TrainConfig:
     require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
     require(batch_size >= 1, f"batch_size must be >= 1 (got {batch_size})")
     require(seed >= 0, f"seed must be >= 0 (got {seed})")
@@ -69,8 +74,10 @@ def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle
             f"e.g. train.num_seeds={len(lrs)}, or lrs=[] to use optim.lr for all")
     require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
     require(scan_unroll >= 1, f"scan_unroll must be >= 1 (got {scan_unroll})")
+    require(nan_policy in ("raise", "skip"), f"nan_policy must be raise or skip (got '{nan_policy}')")
     return TrainConfig(epochs, batch_size, seed, shuffle, drop_last, eval_every, eval_train,
-                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs), scan_unroll)
+                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs), scan_unroll,
+                       nan_policy)
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,12 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
 
     idx (B,) int32 row indices into the device-resident split x (N, 28, 28, 1) uint8, y (N,);
     w (B,) float32 example weights (0 for the padding of a partial last batch).
-    acc (3,) float32 running sums over the epoch: [cross-entropy, errors, examples].
+    acc (ACC_SIZE,) float32 running sums over the epoch: [cross-entropy, errors, examples,
+    non-finite steps, first non-finite step (NO_STEP if none)].
+
+    A step whose loss or gradients are not finite changes nothing (parameters, optimizer state
+    and the sums stay as they were) and is counted instead; train.nan_policy decides after the
+    epoch whether the run stops (raise) or goes on (skip).
     """
     model, tx, penalty = setup.model, setup.tx, setup.reg.penalty
 
@@ -170,16 +182,29 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
             ce_sum = jnp.sum(w * ce)
             return ce_sum / jnp.sum(w) + penalty(params), (ce_sum, logits)
 
-        (_, (ce_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (ce_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if scale is not None:
             updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         errors = jnp.sum(w * (jnp.argmax(logits, -1) != yb))
-        acc = acc + jnp.stack([ce_sum, errors, jnp.sum(w)])
+        sums = jnp.where(finite, jnp.stack([ce_sum, errors, jnp.sum(w)]), 0.0)
+        first_bad = jnp.where(finite, NO_STEP, state.step.astype(jnp.float32))
+        acc = jnp.concatenate([acc[:3] + sums, acc[3:4] + (1.0 - finite),
+                               jnp.minimum(acc[4:5], first_bad)])
         return TrainState(params, opt_state, state.step + 1), acc
 
     return step
+
+
+def epoch_acc(copies: Optional[int] = None) -> jax.Array:
+    """The step's accumulator at the start of an epoch (one per copy when copies is given)."""
+    acc = jnp.zeros(ACC_SIZE).at[4].set(NO_STEP)
+    return acc if copies is None else jnp.tile(acc, (copies, 1))
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -242,8 +267,7 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     t0 = time.perf_counter()
     idx0, w0 = order_fn(0)
     state0 = jax.eval_shape(lambda: init_states(setup, jax.random.key(0)))
-    acc_shape = (setup.copies, 3) if batched else (3,)
-    args = [state0, jnp.zeros(acc_shape), split.x, split.y, idx0, w0, dropout_key]
+    args = [state0, epoch_acc(setup.copies if batched else None), split.x, split.y, idx0, w0, dropout_key]
     if setup.loop == "step":
         args.append(np.int32(0))
     compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(*args).compile()
@@ -251,7 +275,7 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
 
     def run_epoch(state: TrainState, epoch: int):
         idx, w = order_fn(epoch)
-        acc = jnp.zeros(acc_shape)
+        acc = epoch_acc(setup.copies if batched else None)
         if setup.loop == "scan":
             return compiled(state, acc, split.x, split.y, idx, w, dropout_key)
         for i in range(idx.shape[0]):
@@ -359,14 +383,22 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     first_step_s = time.perf_counter() - started_at
     best, best_params, history = [None] * n, [None] * n, [[] for _ in range(n)]
     for epoch in range(1, setup.train.epochs + 1):
-        records, state = run_and_measure(setup, state, run_epoch, evaluate, splits, epoch)
+        try:
+            records, state = run_and_measure(setup, state, run_epoch, evaluate, splits, epoch)
+        except TrainingDiverged as exc:
+            for i, record in enumerate(exc.records):
+                writers[i].append_metrics(record)
+                if best[i]:
+                    writers[i].save_params("best_params.pkl", best_params[i])
+            raise
         for i, record in enumerate(records):
             history[i].append(record)
             writers[i].append_metrics(record)
             log.info(("" if n == 1 else f"[seed {seeds[i]}] ") + format_record(record, setup.train.epochs))
-            if not np.isfinite(record["train_loss"]):
-                log.warning("warning: the training loss is not finite: training diverged; "
-                            "try a lower optim.lr")
+            if record["nonfinite_steps"]:
+                log.warning("warning: %d training steps had a non-finite loss or gradients and "
+                            "were skipped (train.nan_policy=skip); try a lower optim.lr",
+                            record["nonfinite_steps"])
             if record.get(select) is not None and (best[i] is None or record[select] < best[i][select]):
                 best[i], best_params[i] = record, jax.device_get(copy_of(state.params, i, n))
     total_s = time.perf_counter() - started_at
@@ -417,15 +449,25 @@ def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evalua
     tc, n = setup.train, setup.copies
     t0 = time.perf_counter()
     state, acc = run_epoch(state, epoch)
-    acc = np.asarray(acc, np.float64).reshape(n, 3)  # host sync: the epoch is done
+    acc = np.asarray(acc, np.float64).reshape(n, ACC_SIZE)  # host sync: the epoch is done
     train_s = time.perf_counter() - t0
     step = int(np.asarray(state.step).reshape(-1)[0])
     lr = float(setup.lr_schedule(step - 1))
     scales = setup.lr_scales or (1.0,)
-    records = [{"epoch": epoch, "step": step, "train_loss": ce_sum / seen,
-                "train_error": errors / seen, "lr": lr * scales[i],
-                "epoch_seconds": train_s, "examples_per_second": seen / train_s}
-               for i, (ce_sum, errors, seen) in enumerate(acc)]
+    records = [{"epoch": epoch, "step": step, "train_loss": ce_sum / seen if seen else float("nan"),
+                "train_error": errors / seen if seen else float("nan"), "lr": lr * scales[i],
+                "nonfinite_steps": int(bad), "epoch_seconds": train_s,
+                "examples_per_second": seen / train_s}
+               for i, (ce_sum, errors, seen, bad, _) in enumerate(acc)]
+    if tc.nan_policy == "raise" and acc[:, 3].any():
+        i = int(np.argmax(acc[:, 3] > 0))
+        first = int(acc[i, 4]) + 1  # 1-based, as the records' step counts
+        copy = f" (copy seed {setup.seeds[i]})" if n > 1 else ""
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or gradients "
+            f"({int(acc[i, 3])} such steps in the epoch, none applied); the run directory keeps "
+            f"the metrics of the epochs before and best_params.pkl. Lower optim.lr, or set "
+            f"train.nan_policy=skip to skip such steps and go on", records)
     if epoch % tc.eval_every == 0 or epoch == tc.epochs:
         t1 = time.perf_counter()
         evals = {}
@@ -442,6 +484,16 @@ def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evalua
                 record[f"{name}_error"] = float(np.reshape(ev["error"], -1)[i])
             record["eval_seconds"] = eval_s
     return records, state
+
+
+class TrainingDiverged(DlrunError):
+    """train.nan_policy=raise and a step's loss or gradients were not finite."""
+
+    keep_run_dir = True  # the CLI keeps what the run wrote before (metrics, best parameters)
+
+    def __init__(self, message: str, records: list[dict]):
+        super().__init__(message)
+        self.records = records
 
 
 def format_record(r: dict, epochs: int) -> str:
