@@ -11,7 +11,6 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
         measured 1,100 vs 90-130 ms per batch of 128 for the seed convnet)
   auto  scan for dense models, step for convnets
 """
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -244,9 +243,11 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
         keys = jax.vmap(jax.random.split)(key)  # (N, 2)
         dropout_key, order_key = keys[:, 0], keys[:, 1]
         scale = jnp.asarray(setup.lr_scales, jnp.float32)
-        step = jax.vmap(lambda s, a, x, y, i, w, k, c: make_train_step(setup, c)(s, a, x, y, i, w, k),
-                        in_axes=(0, 0, None, None, 0, 0, 0, 0))
-        step = functools.partial(_with_scale, step, scale)
+        vstep = jax.vmap(lambda s, a, x, y, i, w, k, c: make_train_step(setup, c)(s, a, x, y, i, w, k),
+                         in_axes=(0, 0, None, None, 0, 0, 0, 0))
+
+        def step(state, acc, x, y, idx, w, key):
+            return vstep(state, acc, x, y, idx, w, key, scale)
         # (steps, N, B): the scan and step loops index steps first
         order_fn = jax.jit(lambda e: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1),
                                                   jax.vmap(order, in_axes=(0, None))(order_key, e)))
@@ -266,7 +267,9 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     fn = scan_epoch if setup.loop == "scan" else one_step
     t0 = time.perf_counter()
     idx0, w0 = order_fn(0)
-    state0 = jax.eval_shape(lambda: init_states(setup, jax.random.key(0)))
+    key0 = jax.random.key(0)
+    state0 = jax.eval_shape(lambda: init_states(setup, jax.random.split(key0, setup.copies)
+                                                if batched else key0))
     args = [state0, epoch_acc(setup.copies if batched else None), split.x, split.y, idx0, w0, dropout_key]
     if setup.loop == "step":
         args.append(np.int32(0))
@@ -285,10 +288,6 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     return run_epoch, compile_s
 
 
-def _with_scale(step, scale, state, acc, x, y, idx, w, key):
-    return step(state, acc, x, y, idx, w, key, scale)
-
-
 def run_keys(setup: Setup, base: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(init key, train key) of the run, or of every copy (leading axis N) when
     train.num_seeds > 1; copy i gets exactly the keys of a single run with seed + i."""
@@ -303,8 +302,6 @@ def init_states(setup: Setup, init_key: jax.Array) -> TrainState:
     """init_state for one run, or for each copy (init_key with a leading axis N)."""
     if setup.copies == 1:
         return init_state(setup, init_key)
-    if init_key.ndim == 0:  # shape evaluation: any N keys
-        init_key = jax.random.split(init_key, setup.copies)
     return jax.vmap(lambda k: init_state(setup, k))(init_key)
 
 
