@@ -77,7 +77,7 @@ def measure_case(preset: str, overrides: list[str], epochs: int) -> dict:
     times = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        state, acc = run_epoch(state, epoch)
+        state, acc, _ = run_epoch(state, epoch)
         seen = float(np.asarray(acc).reshape(-1, train.ACC_SIZE)[:, 2].sum())  # host sync: the epoch is done
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))

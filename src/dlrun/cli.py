@@ -4,7 +4,10 @@ by `dlrun.train.train_and_evaluate`. This module only adds what a command line n
 * bad input (unknown option, misspelt key, wrong type, out-of-range value, missing or corrupt
   data) is reported as ONE line `dlrun: error: ...` with exit code 2 and no traceback, and the
   run directory Hydra created for that run is removed again, so nothing half-written stays;
-* run directories are unique even for runs started in the same second (`${dlrun_uid:}`).
+* run directories are unique even for runs started in the same second (`${dlrun_uid:}`);
+* `resume=true|PATH` continues an earlier run in ITS directory (the one Hydra just made for
+  this invocation is removed again, and the log goes on in the earlier run's dlrun.log);
+* SIGINT/SIGTERM stop a run at a safe point with a checkpoint (dlrun.signals), exit 128+signum.
 Set DLRUN_DEBUG=1 to get the full traceback instead.
 """
 import time
@@ -30,10 +33,12 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from dlrun import __version__  # noqa: E402
 from dlrun.allocator import keep_freed_memory  # noqa: E402
-from dlrun.errors import DlrunError  # noqa: E402
+from dlrun.errors import ConfigError, DlrunError, Interrupted  # noqa: E402
+from dlrun.signals import StopRequest  # noqa: E402
 
 log = logging.getLogger("dlrun")
 _USER_ERRORS: list[str] = []  # one line per job that failed on bad input (see main)
+_STOP = StopRequest()  # installed by main(); set by the first SIGINT/SIGTERM
 # Run-directory suffix, one per process (all jobs of a sweep share the sweep directory): the PID
 # is unique among processes alive on this host, the random part across hosts sharing outputs/.
 _UID = f"{os.getpid():x}{secrets.token_hex(2)}"
@@ -48,8 +53,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     workdir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        summary = train_and_evaluate(cfg, str(workdir), started_at=STARTED_AT,
-                                     on_start=lambda: log.info("run dir: %s", workdir.resolve()))
+        target, cfg = resolve_resume(cfg, hc)
+        if target is not None:
+            adopt_run_dir(target, workdir)
+        run_dir = target or workdir
+        summary = train_and_evaluate(cfg, str(run_dir), started_at=STARTED_AT,
+                                     resume=target is not None, stop=_STOP,
+                                     on_start=lambda: log.info("run dir: %s", run_dir.resolve()))
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
         if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
@@ -59,9 +69,80 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
         _USER_ERRORS.append(job + str(exc))
         return None
-    log.info("run dir: %s", workdir.resolve())
+    log.info("run dir: %s", run_dir.resolve())
     final = summary["final"]
     return float(final.get("val_error", final.get("test_error", final["train_error"])))
+
+
+def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
+    """(run directory to continue, its config) for resume=true|PATH; (None, cfg) otherwise.
+
+    resume=true: the run under the run-directory root (outputs/) with this config, up to the
+    keys a resumed run may change (dlrun.checkpoint.NEUTRAL_KEYS), and the newest checkpoint;
+    none found: a new run. resume=PATH: that run; with no overrides but train.epochs and
+    checkpoint.*, its own config is used, otherwise the config must match it.
+    """
+    from dlrun.checkpoint import (config_diff, config_hash, find_resumable, has_checkpoint,
+                                  is_neutral, read_run_info)
+
+    value = cfg.get("resume", False)
+    if value is False or value is None:
+        return None, cfg
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if value is True:
+        root = runs_root(hc)
+        found = find_resumable(root, config)
+        if found is None:
+            log.info("resume=true: no checkpointed run of this config under %s/; starting a new "
+                     "one", root)
+        return found, cfg
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"resume must be true, false or a run directory (got {value!r})")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"resume={value}: no such run directory; give a directory a dlrun run "
+                          f"created (e.g. outputs/<date>/<time>-<id>), or resume=true")
+    info = read_run_info(path)
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task]
+    if all(k == "resume" or is_neutral(k) for k in keys):  # continue with the run's own config
+        own = OmegaConf.create(info["config"])
+        for key in keys:
+            OmegaConf.update(own, key, OmegaConf.select(cfg, key), force_add=True)
+        cfg, config = own, OmegaConf.to_container(own, resolve=True)
+    if info.get("config_hash") != config_hash(config):
+        raise ConfigError(f"cannot resume {path}: its config differs in "
+                          f"{config_diff(info['config'], config)}; only train.epochs may change "
+                          f"(give resume=PATH alone to continue with the run's own config)")
+    if not has_checkpoint(path):
+        raise ConfigError(f"cannot resume {path}: it has no complete checkpoint (it stopped "
+                          f"before its first one); start it again without resume")
+    return path, cfg
+
+
+def runs_root(hc) -> Path:
+    """The fixed part of the run-directory template (outputs/ by default): where resume=true
+    looks for earlier runs."""
+    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
+    template = str(OmegaConf.to_container(node, resolve=False)["dir"])
+    fixed = template.split("${", 1)[0]
+    return Path(fixed if fixed.endswith("/") or "/" not in fixed else fixed.rsplit("/", 1)[0] or ".")
+
+
+def adopt_run_dir(target: Path, workdir: Path) -> None:
+    """Continue in `target`: the log file goes on in target/dlrun.log, and the directory Hydra
+    made for this invocation is removed."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            moved = logging.FileHandler(target / Path(handler.baseFilename).name, mode="a",
+                                        encoding="utf-8", delay=True)
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(moved)
+    shutil.rmtree(workdir, ignore_errors=True)
+    remove_empty_parents(workdir.parent)
 
 
 def discard_run_dir(workdir: Path) -> None:
@@ -78,7 +159,7 @@ def discard_failed_sweeps() -> None:
     from dlrun.sweep import STARTED_SWEEPS
 
     for sweep_dir in STARTED_SWEEPS:
-        if not any(sweep_dir.glob("*/summary.json")):
+        if not any(sweep_dir.glob("*/summary.json")) and not any(sweep_dir.glob("*/checkpoints")):
             shutil.rmtree(sweep_dir, ignore_errors=True)
             remove_empty_parents(sweep_dir.parent)
 
@@ -161,17 +242,36 @@ def main() -> None:
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     keep_freed_memory()  # before XLA starts its threads: see allocator.py (1.6x on the convnet)
-    try:
-        _hydra_main()
-    except (DlrunError, HydraException, OmegaConfBaseException) as exc:
-        if debug:
-            raise
-        _USER_ERRORS.append(one_line(exc))
+    exit_code = 0
+    with _STOP:
+        try:
+            _hydra_main()
+        except Interrupted as exc:
+            if debug:
+                raise
+            print(str(exc), file=sys.stderr)
+            exit_code = exc.exit_code
+        except (DlrunError, HydraException, OmegaConfBaseException) as exc:
+            if debug:
+                raise
+            _USER_ERRORS.append(one_line(exc))
+        except OSError as exc:  # e.g. hydra.run.dir not creatable, a full disk
+            if debug:
+                raise
+            _USER_ERRORS.append(os_error_line(exc))
     discard_failed_sweeps()
     for line in _USER_ERRORS:
         print(f"dlrun: error: {line}", file=sys.stderr)
     if _USER_ERRORS:
         sys.exit(2)
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def os_error_line(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return (f"cannot write{where} ({exc.strerror or exc}); check that the path is a writable "
+            f"directory with free space, or write runs elsewhere with hydra.run.dir=PATH")
 
 
 if __name__ == "__main__":

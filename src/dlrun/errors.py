@@ -15,3 +15,15 @@ class DataError(DlrunError):
 
 class FileError(DlrunError):
     """A file given to dlrun is missing, truncated, or not something dlrun wrote."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM stopped a run at a safe point (a checkpoint written). A BaseException,
+    like KeyboardInterrupt, so that a sweep stops instead of going on with its next job; the
+    CLI prints the message and exits with `exit_code` (128 + the signal number)."""
+
+    keep_run_dir = True
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,8 +1,9 @@
 """What a run writes into its directory: metrics.jsonl, params.pkl, best_params.pkl, summary.json.
 
 Parameter files are pickles of a plain nested dict of numpy arrays, so they load with plain
-`pickle` and numpy, without dlrun. Every whole file is written atomically (dlrun.io); metrics
-are appended one complete line per epoch, flushed and fsynced.
+`pickle` and numpy, without dlrun. Every file is written atomically (dlrun.io), metrics.jsonl
+included: each epoch rewrites it whole (a few hundred bytes per epoch), so a reader or a killed
+run never leaves a partial line.
 """
 import json
 import math
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.io import atomic_write_json, atomic_write_pickle
+from dlrun.io import atomic_write_json, atomic_write_pickle, atomic_write_text
 
 
 def to_numpy_tree(tree):
@@ -38,12 +39,16 @@ class RunWriter:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.lines: list[str] = []
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(jsonable(record), sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.lines.append(json.dumps(jsonable(record), sort_keys=True) + "\n")
+        atomic_write_text(self.metrics_path, "".join(self.lines))
+
+    def set_metrics(self, records: list[dict]) -> None:
+        """Rewrite metrics.jsonl as exactly `records` (a resumed run: its checkpoint's)."""
+        self.lines = [json.dumps(jsonable(r), sort_keys=True) + "\n" for r in records]
+        atomic_write_text(self.metrics_path, "".join(self.lines))
 
     def save_params(self, name: str, params) -> Path:
         return atomic_write_pickle(self.dir / name, to_numpy_tree(params))

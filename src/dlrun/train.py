@@ -11,6 +11,7 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
         measured 1,100 vs 90-130 ms per batch of 128 for the seed convnet)
   auto  scan for dense models, step for convnets
 """
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dlrun import datasets, models, splits as data_splits, optim, regularizers
-from dlrun.errors import DlrunError
+from dlrun import __version__, datasets, models, splits as data_splits, optim, regularizers
+from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
+                              config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
+from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
+from dlrun.signals import StopRequest
 from dlrun.registry import build, require
 from dlrun.outputs import RunWriter
 
@@ -33,7 +37,9 @@ log = logging.getLogger("dlrun")
 NUM_CLASSES = 10
 ACC_SIZE = 5  # per-epoch sums: cross-entropy, errors, examples, non-finite steps, first such step
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
-TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train")
+TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
+                  "resume")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume")  # defaults apply when absent
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class Setup:
     loop: str
     steps_per_epoch: int
     lr_scales: Optional[tuple]  # per copy (train.num_seeds > 1): its lr / optim.lr
+    checkpoint: CheckpointConfig
 
     @property
     def copies(self) -> int:
@@ -108,7 +115,7 @@ def build_setup(cfg: DictConfig) -> Setup:
     require(not unknown, f"unknown top-level key(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(TOP_LEVEL_KEYS)}")
     for key in TOP_LEVEL_KEYS:
-        require(key in cfg or key == "regularizer", f"the config has no '{key}' node")
+        require(key in cfg or key in OPTIONAL_KEYS, f"the config has no '{key}' node")
     tc = build("train", {"train": train_config}, {"name": "train", **cfg.train})
     ds = build("dataset", data_splits.DATASETS, cfg.dataset)
     data_splits.check_batch_size(ds, tc.batch_size)
@@ -130,7 +137,9 @@ def build_setup(cfg: DictConfig) -> Setup:
         lr = float(cfg.optim.lr)
         require(lr > 0, "train.num_seeds > 1 needs optim.lr > 0")
         scales = tuple(x / lr for x in tc.lrs) if tc.lrs else (1.0,) * tc.num_seeds
-    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales)
+    ck = build("checkpoint", {"checkpoint": checkpoint_config},
+               {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
+    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -226,9 +235,9 @@ def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool, drop_las
 
 
 def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) -> tuple[Callable, float]:
-    """Compile the epoch for the chosen loop form; return (run_epoch(state, epoch), compile_s).
+    """Compile the epoch for the chosen loop form; return (run_epoch, compile_s).
 
-    run_epoch dispatches asynchronously and returns (state, acc) without a host sync.
+    run_epoch dispatches asynchronously and returns (state, acc, steps) without a host sync.
     With train.num_seeds = N > 1, `key` holds N keys, state and acc have a leading copy axis,
     and the step is jax.vmap-ed over the copies: one compiled program trains all N, each with
     its own initialisation, data order, dropout and learning rate, sharing the data on device.
@@ -276,14 +285,22 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(*args).compile()
     compile_s = time.perf_counter() - t0
 
-    def run_epoch(state: TrainState, epoch: int):
+    def run_epoch(state: TrainState, epoch: int, acc=None, start: int = 0,
+                  pause: Optional[Callable[[], bool]] = None):
+        """Steps start.. of `epoch` (1-based) from `acc` (None: a fresh epoch) -> (state, acc,
+        steps done). With loop=step, `pause()` is asked after every step and a true answer
+        returns early (a mid-epoch checkpoint or a stop signal); loop=scan runs whole epochs."""
         idx, w = order_fn(epoch)
-        acc = epoch_acc(setup.copies if batched else None)
+        acc = epoch_acc(setup.copies if batched else None) if acc is None else acc
+        steps = idx.shape[0]
         if setup.loop == "scan":
-            return compiled(state, acc, split.x, split.y, idx, w, dropout_key)
-        for i in range(idx.shape[0]):
+            assert start == 0, "loop=scan checkpoints only at epoch ends"
+            return (*compiled(state, acc, split.x, split.y, idx, w, dropout_key), steps)
+        for i in range(start, steps):
             state, acc = compiled(state, acc, split.x, split.y, idx, w, dropout_key, np.int32(i))
-        return state, acc
+            if pause is not None and i + 1 < steps and pause():
+                return state, acc, i + 1
+        return state, acc, steps
 
     return run_epoch, compile_s
 
@@ -347,28 +364,119 @@ def make_evaluator(model: nn.Module, batch: int, copies: int = 1
 
 # ---- the run ---------------------------------------------------------------------------------
 def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float] = None,
-                       on_start: Callable[[], None] = lambda: None) -> dict:
-    """Train the configured model, writing metrics and parameters into `workdir`.
+                       on_start: Callable[[], None] = lambda: None, resume: bool = False,
+                       stop: Optional[StopRequest] = None) -> dict:
+    """Train the configured model, writing metrics, checkpoints and parameters into `workdir`.
 
     Validates the config and loads the data first (DlrunError before anything is written),
     then calls `on_start`. Returns the summary (also written to workdir/summary.json).
-    With train.num_seeds = N > 1 the N copies train in one program (make_epoch_runner) and
-    each writes a complete run directory workdir/seed_<seed>/; workdir/summary.json then
-    holds the mean and spread over the copies and each copy's summary.
+    resume=True continues the run in `workdir` from its newest checkpoint (dlrun.checkpoint);
+    `stop` (an installed StopRequest) ends the run at a safe point with a checkpoint
+    (Interrupted). With train.num_seeds = N > 1 the N copies train in one program
+    (make_epoch_runner) and each writes a complete run directory workdir/seed_<seed>/;
+    workdir/summary.json then holds the mean and spread over the copies.
     """
     started_at = started_at or time.perf_counter()
     setup = build_setup(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(workdir)
+    if resume:
+        info = read_run_info(run_dir)
+        if info.get("config_hash") != config_hash(config):
+            raise ConfigError(f"cannot resume {run_dir}: its config differs in "
+                              f"{config_diff(info['config'], config)}; only train.epochs may change")
+    elif has_checkpoint(run_dir):
+        raise FileError(f"{run_dir} already holds a checkpointed run; resume it (resume=true) or "
+                        f"train into a new directory")
     splits = data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
     if setup.train.compile_cache:
         enable_compile_cache(datasets.default_cache_dir() / "xla")
-    on_start()
-    n, seeds = setup.copies, setup.seeds
-    writers = ([RunWriter(workdir)] if n == 1 else
-               [RunWriter(Path(workdir) / f"seed_{seed}") for seed in seeds])
+    lock = RunLock(run_dir) if resume else None
+    checkpoints = None
+    try:
+        if resume:  # every check before anything is written or logged into the run
+            checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
+            start = restore(setup, config, run_dir, checkpoints)
+            if start is None:  # finished already
+                log.info("resume: %s already finished its %d epochs; nothing to do", run_dir,
+                         setup.train.epochs)
+                return json.loads((run_dir / "summary.json").read_text())
+        if not resume:
+            write_run_info(run_dir, config, __version__)
+            lock = RunLock(run_dir)
+        on_start()
+        if not resume:
+            checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
+            start = fresh_start(setup)
+        return _train(setup, cfg, config, run_dir, splits, checkpoints, started_at, start,
+                      stop or StopRequest())
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+        if lock is not None:
+            lock.release()
+
+
+class Start(NamedTuple):
+    """Where training starts: the state, the train key, the partial epoch's sums (None at an
+    epoch boundary), the best parameters so far, and the Progress (dlrun.checkpoint)."""
+
+    state: TrainState
+    train_key: jax.Array
+    acc: Optional[jax.Array]
+    best_params: dict
+    progress: Progress
+
+
+def fresh_start(setup: Setup) -> Start:
     init_key, train_key = run_keys(setup, jax.random.key(setup.train.seed))
     state = init_states(setup, init_key)
+    return Start(state, train_key, None, host_copy(state.params), Progress(setup.copies))
+
+
+def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints) -> Optional[Start]:
+    """The Start stored in the run's newest checkpoint, checked against the config; None if the
+    run has finished exactly train.epochs epochs (nothing to do)."""
+    n, epochs = setup.copies, setup.train.epochs
+    if checkpoints.latest_step() is None:
+        raise FileError(f"{run_dir} has no complete checkpoint (it stopped before its first "
+                        f"one); start it again without resume")
+    meta = checkpoints.read_meta()
+    if meta.get("config_hash") != config_hash(config):
+        raise FileError(f"the checkpoint in {checkpoints.dir} was written by another config: "
+                        f"{config_diff(meta.get('config') or {}, config)}; it does not belong "
+                        f"to this run directory")
+    progress = Progress.from_meta(meta, n)
+    if progress.epoch > epochs or (progress.epoch == epochs and progress.step_in_epoch):
+        raise ConfigError(f"{run_dir} has already trained {progress.epoch} epochs; "
+                          f"train.epochs={epochs} is fewer (give at least "
+                          f"{progress.epoch + bool(progress.step_in_epoch)})")
+    if progress.epoch == epochs and (run_dir / "summary.json").is_file():
+        return None
+    blank = fresh_start(setup)
+    tree = checkpoints.restore_state({"state": blank.state, "acc": epoch_acc(n if n > 1 else None),
+                                      "rng": jax.random.key_data(blank.train_key),
+                                      "best_params": blank.best_params})
+    position = progress.epoch + progress.step_in_epoch / setup.steps_per_epoch
+    progress.resumed_at.append(round(position, 6))
+    return Start(tree["state"], jax.random.wrap_key_data(tree["rng"]),
+                 tree["acc"] if progress.step_in_epoch else None, tree["best_params"], progress)
+
+
+def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
+           checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest) -> dict:
+    n, seeds, tc = setup.copies, setup.seeds, setup.train
+    writers = ([RunWriter(run_dir)] if n == 1 else
+               [RunWriter(run_dir / f"seed_{seed}") for seed in seeds])
+    state, train_key, acc, best_params, progress = start
+    if progress.resumed_at:
+        remove_stale_temporaries(run_dir)
+        for writer, history in zip(writers, progress.history):
+            writer.set_metrics(history)  # drops what was written after the checkpoint
+        log.info("resuming %s from its checkpoint at epoch %d, step %d of %d", run_dir,
+                 progress.epoch, progress.step_in_epoch, setup.steps_per_epoch)
     run_epoch, compile_s = make_epoch_runner(setup, splits["train"], train_key)
-    evaluate = make_evaluator(setup.model, setup.train.eval_batch_size, n)
+    evaluate = make_evaluator(setup.model, tc.eval_batch_size, n)
     select = "val_error" if "val" in splits else "test_error"
     n_params = count_params(copy_of(state.params, 0, n))
     log.info("model %s (%d params) | optim %s, lr %g, schedule %s | regularizer %s | "
@@ -378,42 +486,114 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
              splits["train"].n, splits["val"].n if "val" in splits else 0, splits["test"].n,
              setup.loop, compile_s, f" | {n} copies (vmap), seeds {seeds[0]}-{seeds[-1]}" if n > 1 else "")
     first_step_s = time.perf_counter() - started_at
-    best, best_params, history = [None] * n, [None] * n, [[] for _ in range(n)]
-    for epoch in range(1, setup.train.epochs + 1):
+    ck = setup.checkpoint
+    last_save = time.monotonic()
+
+    def time_due() -> bool:
+        return ck.every_minutes > 0 and time.monotonic() - last_save >= 60 * ck.every_minutes
+
+    def save(state: TrainState, acc, error: Optional[float] = None) -> None:
+        nonlocal last_save
+        step = int(np.asarray(state.step).reshape(-1)[0])
+        progress.elapsed_seconds = elapsed_before + time.perf_counter() - started_at
+        tree = {"state": state, "acc": epoch_acc(n if n > 1 else None) if acc is None else acc,
+                "rng": jax.random.key_data(train_key), "best_params": best_params}
+        checkpoints.save(step, tree, progress.to_meta(config, step), error)
+        progress.elapsed_seconds = elapsed_before
+        last_save = time.monotonic()
+
+    def interrupted(epoch: int, done: int) -> Interrupted:
+        checkpoints.wait()
+        where = (f"after epoch {epoch - 1}" if done == 0 else
+                 f"in epoch {epoch} after step {done} of {setup.steps_per_epoch}")
+        return Interrupted(f"dlrun: stopped by {stop.name} {where}; checkpoint and metrics "
+                           f"written. Resume with: dlrun resume={run_dir.resolve()}",
+                           128 + (stop.signum or 0))
+
+    elapsed_before = progress.elapsed_seconds
+    pause = (lambda: stop.requested or time_due()) if setup.loop == "step" else None
+    for epoch in range(progress.epoch + 1, tc.epochs + 1):
+        t0 = time.perf_counter()
+        state, acc, done = run_epoch(state, epoch, acc, progress.step_in_epoch, pause)
+        while done < setup.steps_per_epoch:  # paused mid-epoch: checkpoint, then stop or go on
+            progress.step_in_epoch = done
+            progress.epoch_seconds += time.perf_counter() - t0
+            save(state, acc)
+            if stop.requested:
+                raise interrupted(epoch, done)
+            t0 = time.perf_counter()
+            state, acc, done = run_epoch(state, epoch, acc, done, pause)
+        acc = np.asarray(acc, np.float64).reshape(n, ACC_SIZE)  # host sync: the epoch is done
+        train_s = progress.epoch_seconds + time.perf_counter() - t0
+        progress.step_in_epoch, progress.epoch_seconds = 0, 0.0
         try:
-            records, state = run_and_measure(setup, state, run_epoch, evaluate, splits, epoch)
+            records = measure(setup, state, acc, train_s, evaluate, splits, epoch)
         except TrainingDiverged as exc:
             for i, record in enumerate(exc.records):
                 writers[i].append_metrics(record)
-                if best[i]:
-                    writers[i].save_params("best_params.pkl", best_params[i])
-            raise
+                if progress.best[i]:
+                    writers[i].save_params("best_params.pkl", copy_of(best_params, i, n))
+            checkpoints.wait()
+            last = checkpoints.latest_step()
+            raise TrainingDiverged(f"{exc}. The last good checkpoint is {checkpoints.dir}/{last}"
+                                   if last is not None else str(exc), exc.records) from None
+        acc = None
         for i, record in enumerate(records):
-            history[i].append(record)
+            progress.history[i].append(record)
             writers[i].append_metrics(record)
-            log.info(("" if n == 1 else f"[seed {seeds[i]}] ") + format_record(record, setup.train.epochs))
+            log.info(("" if n == 1 else f"[seed {seeds[i]}] ") + format_record(record, tc.epochs))
             if record["nonfinite_steps"]:
                 log.warning("warning: %d training steps had a non-finite loss or gradients and "
                             "were skipped (train.nan_policy=skip); try a lower optim.lr",
                             record["nonfinite_steps"])
-            if record.get(select) is not None and (best[i] is None or record[select] < best[i][select]):
-                best[i], best_params[i] = record, jax.device_get(copy_of(state.params, i, n))
-    total_s = time.perf_counter() - started_at
+            best = progress.best[i]
+            if record.get(select) is not None and (best is None or record[select] < best[select]):
+                progress.best[i] = record
+                best_params = set_copy(best_params, i, n, copy_of(state.params, i, n))
+        progress.epoch = epoch
+        if ((ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stop.requested
+                or epoch == tc.epochs):
+            errors = [r.get(select) for r in records]
+            save(state, None, None if None in errors else float(np.mean(errors)))
+        if stop.requested and epoch < tc.epochs:
+            raise interrupted(epoch + 1, 0)
+    total_s = elapsed_before + time.perf_counter() - started_at
     summaries = []
     for i in range(n):
         final_params = jax.device_get(copy_of(state.params, i, n))
         writers[i].save_params("params.pkl", final_params)
-        writers[i].save_params("best_params.pkl", best_params[i] if best[i] else final_params)
-        summary = make_summary(setup, history[i], best[i], select, compile_s, first_step_s,
-                               total_s, n_params)
+        writers[i].save_params("best_params.pkl", copy_of(best_params, i, n)
+                               if progress.best[i] else final_params)
+        summary = make_summary(setup, progress.history[i], progress.best[i], select, compile_s,
+                               first_step_s, total_s, n_params)
+        summary["resumed_at_epochs"] = progress.resumed_at
         if n > 1:
             summary.update(seed=seeds[i], lr=float(cfg.optim.lr) * setup.lr_scales[i])
             writers[i].save_summary(summary)
         summaries.append(summary)
     summary = summaries[0] if n == 1 else summarize_copies(summaries, total_s)
-    RunWriter(workdir).save_summary(summary)
+    summary["resumed_at_epochs"] = progress.resumed_at
+    checkpoints.wait()  # the final checkpoint is complete before summary.json marks the run done
+    RunWriter(run_dir).save_summary(summary)
     log.info(format_end(summary))
     return summary
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of atomic writes cut short by a kill (dlrun.io names them .NAME.*.tmp)."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        if tmp.is_file() and "checkpoints" not in tmp.relative_to(run_dir).parts:
+            tmp.unlink(missing_ok=True)
+
+
+def set_copy(tree, i: int, copies: int, value):
+    """`tree` (host numpy, leading copy axis when copies > 1) with copy i replaced by `value`."""
+    value = host_copy(value)
+    if copies == 1:
+        return value
+    for dst, src in zip(jax.tree.leaves(tree), jax.tree.leaves(value)):
+        dst[i] = src
+    return tree
 
 
 def copy_of(tree, i: int, copies: int):
@@ -440,14 +620,11 @@ def summarize_copies(summaries: list[dict], total_s: float) -> dict:
             "timings": timings, "device": first["device"], "versions": first["versions"]}
 
 
-def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evaluate: Callable,
-                    splits: dict, epoch: int) -> tuple[list[dict], TrainState]:
-    """Train one epoch, evaluate if due, and return the epoch's metrics record of each copy."""
+def measure(setup: Setup, state: TrainState, acc: np.ndarray, train_s: float, evaluate: Callable,
+            splits: dict, epoch: int) -> list[dict]:
+    """Each copy's metrics record of a trained epoch (acc: its sums, (copies, ACC_SIZE)),
+    evaluated on the held-out splits if due; TrainingDiverged under nan_policy=raise."""
     tc, n = setup.train, setup.copies
-    t0 = time.perf_counter()
-    state, acc = run_epoch(state, epoch)
-    acc = np.asarray(acc, np.float64).reshape(n, ACC_SIZE)  # host sync: the epoch is done
-    train_s = time.perf_counter() - t0
     step = int(np.asarray(state.step).reshape(-1)[0])
     lr = float(setup.lr_schedule(step - 1))
     scales = setup.lr_scales or (1.0,)
@@ -463,8 +640,8 @@ def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evalua
         raise TrainingDiverged(
             f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or gradients "
             f"({int(acc[i, 3])} such steps in the epoch, none applied); the run directory keeps "
-            f"the metrics of the epochs before and best_params.pkl. Lower optim.lr, or set "
-            f"train.nan_policy=skip to skip such steps and go on", records)
+            f"the metrics, best_params.pkl and checkpoints of the epochs before. Lower optim.lr, "
+            f"or set train.nan_policy=skip to skip such steps and go on", records)
     if epoch % tc.eval_every == 0 or epoch == tc.epochs:
         t1 = time.perf_counter()
         evals = {}
@@ -480,7 +657,7 @@ def run_and_measure(setup: Setup, state: TrainState, run_epoch: Callable, evalua
                     record[f"{name}_loss"] = float(np.reshape(ev["loss"], -1)[i])
                 record[f"{name}_error"] = float(np.reshape(ev["error"], -1)[i])
             record["eval_seconds"] = eval_s
-    return records, state
+    return records
 
 
 class TrainingDiverged(DlrunError):
