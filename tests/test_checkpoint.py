@@ -134,7 +134,8 @@ def test_nan_raise_keeps_the_last_good_checkpoint(tmp_path):
     so the run overflows after a few epochs (epoch 4 here): find the first bad epoch with skip,
     then raise stops there, keeping the checkpoint of the epoch before."""
     base = ["optim=sgd", "optim.lr=1", "regularizer=[l2]", "regularizer.l2.coef=10",
-            "model.hidden=[64]", "dataset.train_subset=512", "train.epochs=6"]
+            "model.hidden=[64]", "dataset.train_subset=512", "train.epochs=6",
+            "checkpoint.every_epochs=1"]
     train.train_and_evaluate(compose(*base, "train.nan_policy=skip"), str(tmp_path / "skip"))
     bad = [r["epoch"] for r in metrics(tmp_path / "skip") if r["nonfinite_steps"]]
     assert bad and bad[0] >= 2, "the lr must diverge after the first epoch for this test"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -212,7 +211,7 @@ def test_resume_by_path_with_only_the_run_length_extends_the_run(tmp_path, finis
 
 
 @pytest.mark.parametrize("case", ["config-differs", "another-model", "truncated", "not-a-run",
-                                  "locked", "fewer-epochs"])
+                                  "damaged-run-json", "locked", "fewer-epochs"])
 def test_bad_resume_is_one_line_exit_2_and_changes_nothing(case, tmp_path, finished):
     run_dir = copy_run(finished, tmp_path)
     args = [f"resume={run_dir}"]
@@ -236,6 +235,9 @@ def test_bad_resume_is_one_line_exit_2_and_changes_nothing(case, tmp_path, finis
     elif case == "not-a-run":
         args = [f"resume={tmp_path}"]
         expect = ["not a dlrun run directory"]
+    elif case == "damaged-run-json":
+        (run_dir / "run.json").write_text('{"config": ')
+        expect = [f"cannot read {run_dir / 'run.json'}", "damaged"]
     elif case == "locked":
         expect = ["being trained by another dlrun process"]
         args += ["train.epochs=3"]
@@ -276,11 +278,10 @@ def test_output_directory_that_cannot_be_created_is_one_line(tmp_path):
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     """RLIMIT_FSIZE makes every write past 256 KiB fail (EFBIG) as a full disk would (ENOSPC):
     the first checkpoint cannot be written."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
-
-    proc = run(tmp_path, "dataset.train_subset=512", "train.epochs=2", "train.compile_cache=false",
-               preexec_fn=limit)
+    limited = ["bash", "-c", 'ulimit -f 256 && exec "$@"', "bash", str(DLRUN)]  # KiB
+    proc = subprocess.run([*limited, "dataset.train_subset=512", "train.epochs=2",
+                           "train.compile_cache=false"], cwd=tmp_path, env=dlrun_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
     line = one_error_line(proc)
     assert "cannot write" in line and "hydra.run.dir" in line
     assert files_under(tmp_path / "outputs") == []

@@ -534,7 +534,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 if progress.best[i]:
                     writers[i].save_params("best_params.pkl", copy_of(best_params, i, n))
             checkpoints.wait()
-            last = checkpoints.latest_step()
+            last = checkpoints.latest_step() if has_checkpoint(run_dir) else None
             raise TrainingDiverged(f"{exc}. The last good checkpoint is {checkpoints.dir}/{last}"
                                    if last is not None else str(exc), exc.records) from None
         acc = None
@@ -551,11 +551,12 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 progress.best[i] = record
                 best_params = set_copy(best_params, i, n, copy_of(state.params, i, n))
         progress.epoch = epoch
-        if ((ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stop.requested
+        stopping = stop.requested  # read once: a signal arriving after it waits for the next step
+        if ((ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stopping
                 or epoch == tc.epochs):
             errors = [r.get(select) for r in records]
             save(state, None, None if None in errors else float(np.mean(errors)))
-        if stop.requested and epoch < tc.epochs:
+        if stopping and epoch < tc.epochs:
             raise interrupted(epoch + 1, 0)
     total_s = elapsed_before + time.perf_counter() - started_at
     summaries = []
@@ -726,4 +727,4 @@ def versions() -> dict:
     """Installed versions of dlrun and the libraries that determine its numbers."""
     from importlib.metadata import version
     return {pkg: version(pkg) for pkg in
-            ("dlrun", "jax", "jaxlib", "flax", "optax", "hydra-core", "numpy")}
+            ("dlrun", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "hydra-core", "numpy")}
