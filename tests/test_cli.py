@@ -203,10 +203,12 @@ def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
         if sep and name in ("model", "optim", "regularizer", "dataset", "schedule"):
             groups[name] = set(options.split(", "))
     assert set(groups) == {"model", "optim", "regularizer", "dataset", "schedule"}, proc.stdout
-    assert groups["model"] == {"cnn", "logreg", "mlp"}
-    optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam"}
+    assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "rnn", "lstm"}
+    optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam", "rprop",
+              "sign_agreement"}
     assert optims <= groups["optim"]
-    assert {"none", "l1", "l2", "weight_decay", "dropout"} <= groups["regularizer"]
+    assert {"none", "l1", "l2", "weight_decay", "max_norm", "dropout",
+            "dropconnect"} <= groups["regularizer"]
     assert {"mnist_sample", "mnist", "fashion_mnist"} <= groups["dataset"]
     assert {"constant", "step", "cosine"} <= groups["schedule"]
 

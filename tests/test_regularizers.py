@@ -87,3 +87,52 @@ def test_dropout_rates_reach_the_model_and_are_off_at_evaluation():
 def test_bad_regularizer_settings(node, fragment):
     with pytest.raises(ConfigError, match=fragment):
         regularizers.build_all(node)
+
+
+def test_the_slides_mean_forms_of_l1_and_l2():
+    """cost += 0.01 * sum over tensors of mean(|p|) (L1) and mean(p^2) (L2), as the slides write."""
+    l1 = reg("l1", l1={"coef": 0.01, "reduce": "mean", "include_bias": True})
+    assert float(l1.penalty(PARAMS)) == pytest.approx(0.01 * (6.5 / 4 + 8 / 2 + 3 / 2))
+    l2 = reg("l2", l2={"coef": 0.01, "reduce": "mean"})
+    assert float(l2.penalty(PARAMS)) == pytest.approx(0.01 * (14.25 / 4 + 5 / 2))
+
+
+def test_max_norm_caps_each_units_incoming_weights_after_the_update():
+    tx = optax.chain(optax.sgd(1.0), *(s(optax.constant_schedule(1.0))
+                                       for s in reg("max_norm", max_norm={"max": 2.0}).update_steps))
+    params = {"kernel": jnp.array([[3.0, 0.1], [4.0, 0.1]]), "bias": jnp.array([10.0, 10.0])}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["kernel"][:, 0], [1.2, 1.6], rtol=1e-6)  # norm 5 -> 2
+    np.testing.assert_allclose(new["kernel"][:, 1], [0.1, 0.1])  # already within the bound
+    np.testing.assert_allclose(new["bias"], [10.0, 10.0])  # biases untouched
+
+
+def test_dropconnect_masks_weights_in_training_and_scales_them_at_evaluation():
+    cfg = compose("model=mlp", "model.hidden=[64]", "regularizer=[dropconnect]")
+    model = train.build_setup(cfg).model
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    plain = train.build_setup(compose("model=mlp", "model.hidden=[64]")).model
+    scaled = jax.tree.map(lambda p: p, params)
+    for layer in ("hidden_0", "out"):
+        scaled[layer] = dict(params[layer], kernel=params[layer]["kernel"] * 0.75)
+    np.testing.assert_allclose(model.apply({"params": params}, x),
+                               plain.apply({"params": scaled}, x), rtol=1e-5, atol=1e-6)
+    a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    b = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(3)})
+    assert not np.allclose(a, b)  # a new weight mask per step
+
+    # 1 - keep of the weights are dropped: in logreg (no hidden units, pixels all > 0) the
+    # gradient of a weight is zero exactly where the mask dropped it
+    logreg = train.build_setup(compose("model=logreg", "regularizer=[dropconnect]")).model
+    p = logreg.init(jax.random.key(1), x)["params"]
+    grad = jax.grad(lambda p: logreg.apply({"params": p}, x, train=True,
+                                           rngs={"dropout": jax.random.key(2)}).sum())(p)
+    dropped = float(jnp.mean(grad["out"]["kernel"] == 0.0))
+    assert abs(dropped - 0.25) < 0.01, dropped  # 7,840 weights
+
+
+def test_dropconnect_is_refused_for_recurrent_models():
+    with pytest.raises(ConfigError, match="dropconnect"):
+        train.build_setup(compose("model=lstm", "regularizer=[dropconnect]"))

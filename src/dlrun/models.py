@@ -34,6 +34,32 @@ def kernel_init(init: str, std: float, activation: str) -> Callable:
     return nn.initializers.zeros_init()
 
 
+class DenseLayer(nn.Module):
+    """nn.Dense with optional DropConnect (the slides' weight mask): while training, each
+    weight is kept with probability `keep` (a new Bernoulli mask per step, drawn from the
+    'dropout' RNG stream); at evaluation the weights are scaled by `keep`. keep=1: plain Dense.
+    Parameters are named as nn.Dense's ('kernel', 'bias')."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Callable
+    keep: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        if self.keep < 1.0:
+            if train:
+                mask = jax.random.bernoulli(self.make_rng("dropout"), self.keep, kernel.shape)
+                kernel = jnp.where(mask, kernel, 0.0)
+            else:
+                kernel = kernel * self.keep
+        y = x @ kernel
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
+
+
 class Dense(nn.Module):
     """Multilayer perceptron: [dropout] -> (dense -> act -> dropout) * len(hidden) -> dense."""
 
@@ -45,17 +71,20 @@ class Dense(nn.Module):
     num_classes: int
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
+    dropconnect_keep: float = 1.0
     scan_friendly: ClassVar[bool] = True  # dense nets run fastest as a lax.scan over the epoch
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act, k_init = ACTIVATIONS[self.activation], kernel_init(self.weight_init, self.init_std, self.activation)
+        dense = functools.partial(DenseLayer, use_bias=self.use_bias, kernel_init=k_init,
+                                  keep=self.dropconnect_keep)
         x = x.reshape((x.shape[0], -1))  # (B, 784)
         x = nn.Dropout(self.dropout_input, deterministic=not train)(x)
         for i, units in enumerate(self.hidden):
-            x = act(nn.Dense(units, use_bias=self.use_bias, kernel_init=k_init, name=f"hidden_{i}")(x))
+            x = act(dense(units, name=f"hidden_{i}")(x, train))
             x = nn.Dropout(self.dropout_hidden, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=k_init, name="out")(x)
+        return dense(self.num_classes, name="out")(x, train)
 
 
 def conv_xla(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
@@ -175,6 +204,7 @@ class ConvNet(nn.Module):
     dropout_input: float = 0.0
     dropout_conv: float = 0.0
     dropout_hidden: float = 0.0
+    dropconnect_keep: float = 1.0
     scan_friendly: ClassVar[bool] = False  # XLA:CPU runs convolutions inside loops far slower
 
     @nn.compact
@@ -192,10 +222,12 @@ class ConvNet(nn.Module):
                     x = nn.max_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
             x = nn.Dropout(self.dropout_conv, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))  # (B, H*W*C)
+        dense = functools.partial(DenseLayer, use_bias=self.use_bias, kernel_init=k_init,
+                                  keep=self.dropconnect_keep)
         for i, units in enumerate(self.hidden):
-            x = act(nn.Dense(units, use_bias=self.use_bias, kernel_init=k_init, name=f"hidden_{i}")(x))
+            x = act(dense(units, name=f"hidden_{i}")(x, train))
             x = nn.Dropout(self.dropout_hidden, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=k_init, name="out")(x)
+        return dense(self.num_classes, name="out")(x, train)
 
 
 def _check_common(activation: str, init: str, init_std: float) -> None:
@@ -210,7 +242,8 @@ def logreg(use_bias: bool = True, init: str = "zeros", init_std: float = 0.01, *
     """Multinomial logistic regression: 784 -> num_classes softmax."""
     _check_common("tanh", init, init_std)  # no hidden units: plain Glorot
     return Dense((), "tanh", use_bias, init, init_std, num_classes,
-                 dropout_input=dropout.get("input", 0.0))
+                 dropout_input=dropout.get("input", 0.0),
+                 dropconnect_keep=dropout.get("dropconnect_keep", 1.0))
 
 
 def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = True,
@@ -220,7 +253,8 @@ def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = T
     require(len(hidden) > 0 and all(h > 0 for h in hidden),
             f"hidden must be a non-empty list of positive sizes (got {list(hidden)})")
     return Dense(tuple(hidden), activation, use_bias, init, init_std, num_classes,
-                 dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0))
+                 dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0),
+                 dropconnect_keep=dropout.get("dropconnect_keep", 1.0))
 
 
 def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List[int] = (2, 0, 0),
@@ -246,7 +280,71 @@ def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List
     return ConvNet(tuple(features), kernel_size, tuple(padding), pool, pool_ceil, tuple(hidden),
                    activation, use_bias, init, init_std, num_classes,
                    dropout_input=dropout.get("input", 0.0), dropout_conv=dropout.get("conv", 0.0),
-                   dropout_hidden=dropout.get("hidden", 0.0))
+                   dropout_hidden=dropout.get("hidden", 0.0),
+                   dropconnect_keep=dropout.get("dropconnect_keep", 1.0))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": logreg, "mlp": mlp, "cnn": cnn}
+def lenet(features: List[int] = (20, 50), kernel_size: int = 5, padding: List[int] = (0, 0),
+          pool: int = 2, pool_ceil: bool = False, hidden: List[int] = (500,),
+          activation: str = "tanh", use_bias: bool = True, init: str = "glorot",
+          init_std: float = 0.01, *, num_classes: int, dropout: dict) -> nn.Module:
+    """DLT's LeNet (convolutional_mlp.py): 20@5x5 -> pool 2 -> tanh, 50@5x5 -> pool 2 -> tanh,
+    500 tanh, softmax. DLT adds the bias and applies tanh after pooling; max-pooling commutes
+    with a per-channel bias and a monotonic tanh, so this is the same function as ConvNet's
+    conv -> tanh -> pool. 28 -> 24 -> 12 -> 8 -> 4: 800 features into the hidden layer."""
+    return cnn(features, kernel_size, padding, pool, pool_ceil, hidden, activation, use_bias,
+               init, init_std, num_classes=num_classes, dropout=dropout)
+
+
+class Recurrent(nn.Module):
+    """Reads the image as a sequence of its 28 rows (28 pixels each), top to bottom, and
+    classifies from the last hidden state: (B, 28, 28, 1) -> cell over 28 steps -> dense -> logits.
+    Trained by backpropagation through time (the gradient of the lax.scan over the rows)."""
+
+    cell: str  # "simple" (Elman: h = act(W x + U h + b)) | "lstm"
+    hidden: int
+    activation: str
+    num_classes: int
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    scan_friendly: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = x.reshape((x.shape[0], 28, 28))  # (B, time = rows, features = pixels)
+        x = nn.Dropout(self.dropout_input, deterministic=not train)(x)
+        if self.cell == "lstm":
+            cell = nn.OptimizedLSTMCell(self.hidden, name="lstm")
+        else:
+            cell = nn.SimpleCell(self.hidden, activation_fn=ACTIVATIONS[self.activation], name="rnn")
+        h = nn.RNN(cell)(x)[:, -1]  # (B, hidden): the state after the last row
+        h = nn.Dropout(self.dropout_hidden, deterministic=not train)(h)
+        return nn.Dense(self.num_classes, name="out")(h)
+
+
+def _no_dropconnect(dropout: dict) -> None:
+    require("dropconnect_keep" not in dropout,
+            "regularizer dropconnect masks dense-layer weights: use it with logreg, mlp, cnn or "
+            "lenet, not with a recurrent model (regularizer=[dropout] drops its input and state)")
+
+
+def rnn(hidden: int = 128, activation: str = "tanh", *, num_classes: int, dropout: dict) -> nn.Module:
+    """Elman recurrent net over the image rows (Recurrent with a simple cell)."""
+    require(hidden > 0, f"hidden must be > 0 (got {hidden})")
+    _no_dropconnect(dropout)
+    require(activation in ACTIVATIONS,
+            f"activation must be one of {', '.join(ACTIVATIONS)} (got '{activation}')")
+    return Recurrent("simple", hidden, activation, num_classes,
+                     dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0))
+
+
+def lstm(hidden: int = 128, *, num_classes: int, dropout: dict) -> nn.Module:
+    """LSTM over the image rows (Recurrent with an LSTM cell: input, forget and output gates)."""
+    require(hidden > 0, f"hidden must be > 0 (got {hidden})")
+    _no_dropconnect(dropout)
+    return Recurrent("lstm", hidden, "tanh", num_classes,
+                     dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": logreg, "mlp": mlp, "cnn": cnn,
+                                               "lenet": lenet, "rnn": rnn, "lstm": lstm}

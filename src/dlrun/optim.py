@@ -5,8 +5,10 @@ function step -> lr built from `schedule=`) as a runtime argument, and returns o
 GradientTransformation. Regularizers that act on updates (weight decay) are chained after it in
 `make_optimizer`, the single place where the full optax chain is assembled.
 """
-from typing import Callable
+from typing import Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from dlrun.registry import require
@@ -92,9 +94,71 @@ def adam(lr: float = 0.001, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-
     return optax.adam(schedule(lr), b1=b1, b2=b2, eps=eps)
 
 
+def rprop(lr: float = 0.001, eta_minus: float = 0.5, eta_plus: float = 1.2,
+          min_step: float = 1e-6, max_step: float = 50.0, *,
+          schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """Rprop (Riedmiller & Braun 1993; the slides' sign-only steps), optax's form: each
+    parameter moves by its own step size against the sign of its gradient; the step grows by
+    eta_plus while the sign holds and shrinks by eta_minus when it flips (that step skipped).
+    lr is the initial step size; a schedule scales every step size (constant: unchanged)."""
+    _check_lr(lr)
+    require(0 < eta_minus < 1 < eta_plus, f"need 0 < eta_minus < 1 < eta_plus (got {eta_minus}, "
+                                          f"{eta_plus})")
+    require(0 < min_step <= max_step, f"need 0 < min_step <= max_step (got {min_step}, {max_step})")
+    lr_of = schedule(lr)
+    return optax.chain(
+        optax.scale_by_rprop(lr, eta_minus, eta_plus, min_step, max_step),
+        optax.scale_by_schedule(lambda t: lr_of(t) / lr), optax.scale(-1.0))
+
+
+class SignAgreementState(NamedTuple):
+    rates: optax.Updates      # per-parameter learning-rate multipliers
+    previous: optax.Updates   # the previous step's gradient
+
+
+def scale_by_sign_agreement(increase: float = 0.05, decrease: float = 0.95,
+                            min_rate: float = 0.01, max_rate: float = 10.0
+                            ) -> optax.GradientTransformation:
+    """The slides' adaptive per-parameter learning rates ("delta-bar-delta"): each parameter
+    has a rate, starting at 1. Where this step's gradient has the sign of the previous one the
+    rate grows by `increase` (additive), where the sign flips it is multiplied by `decrease`;
+    rates are kept in [min_rate, max_rate] (the slides note that a bound is needed). Returns
+    rate * g; scale by -lr after it."""
+
+    def init(params):
+        ones = jax.tree.map(jnp.ones_like, params)
+        return SignAgreementState(ones, jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        def new_rate(rate, g, prev):
+            agree = g * prev
+            rate = jnp.where(agree > 0, rate + increase, jnp.where(agree < 0, rate * decrease, rate))
+            return jnp.clip(rate, min_rate, max_rate)
+
+        rates = jax.tree.map(new_rate, state.rates, grads, state.previous)
+        updates = jax.tree.map(lambda r, g: r * g, rates, grads)
+        return updates, SignAgreementState(rates, grads)
+
+    return optax.GradientTransformation(init, update)
+
+
+def sign_agreement(lr: float = 0.1, increase: float = 0.05, decrease: float = 0.95,
+                   min_rate: float = 0.01, max_rate: float = 10.0, *,
+                   schedule: Callable[[float], Schedule]) -> optax.GradientTransformation:
+    """SGD with the slides' per-parameter rates (scale_by_sign_agreement): p <- p - lr*rate*g."""
+    _check_lr(lr)
+    require(increase >= 0 and 0 < decrease <= 1,
+            f"need increase >= 0 and decrease in (0, 1] (got {increase}, {decrease})")
+    require(0 < min_rate <= 1 <= max_rate,
+            f"need 0 < min_rate <= 1 <= max_rate (rates start at 1; got {min_rate}, {max_rate})")
+    return optax.chain(scale_by_sign_agreement(increase, decrease, min_rate, max_rate),
+                       optax.scale_by_learning_rate(schedule(lr)))
+
+
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop,
-    "adagrad": adagrad, "adadelta": adadelta, "adam": adam,
+    "adagrad": adagrad, "adadelta": adadelta, "adam": adam, "rprop": rprop,
+    "sign_agreement": sign_agreement,
 }
 
 

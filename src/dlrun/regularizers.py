@@ -1,9 +1,10 @@
 """Regularizers: the `regularizer` config group, combinable as a list (`regularizer=[dropout,l2]`).
 
 Each regularizer acts where it belongs (STYLE.md, principle 4):
-  l1, l2        terms added to the loss          -> `Regularization.loss_terms`
-  weight_decay  a step of the optax chain        -> `Regularization.update_steps`
-  dropout       an argument of the model         -> `Regularization.dropout`
+  l1, l2                terms added to the loss     -> `Regularization.loss_terms`
+  weight_decay,         steps of the optax chain    -> `Regularization.update_steps`
+  max_norm
+  dropout, dropconnect  arguments of the model      -> `Regularization.dropout`
 Weight penalties apply to weight matrices and convolution kernels only (arrays of rank >= 2),
 not to biases, unless `include_bias=true`.
 """
@@ -47,18 +48,26 @@ def none() -> Regularization:
     return Regularization()
 
 
-def l1(coef: float = 1e-5, include_bias: bool = False) -> Regularization:
-    """Loss += coef * sum_W sum(|W|)   (DLT's L1 term)."""
-    require(coef >= 0, f"coef must be >= 0 (got {coef})")
-    return Regularization(loss_terms=(
-        lambda p: coef * sum(jnp.abs(w).sum() for w in penalized(p, include_bias)),))
+REDUCTIONS = {"sum": jnp.sum, "mean": jnp.mean}
 
 
-def l2(coef: float = 1e-4, include_bias: bool = False) -> Regularization:
-    """Loss += coef * sum_W sum(W^2)   (DLT's L2_sqr term; coef 1e-4 as in DLT's MLP)."""
+def _penalty(coef: float, include_bias: bool, reduce: str, fn: Callable) -> LossTerm:
     require(coef >= 0, f"coef must be >= 0 (got {coef})")
-    return Regularization(loss_terms=(
-        lambda p: coef * sum(jnp.square(w).sum() for w in penalized(p, include_bias)),))
+    require(reduce in REDUCTIONS, f"reduce must be sum or mean (got '{reduce}')")
+    red = REDUCTIONS[reduce]
+    return lambda p: coef * sum(red(fn(w)) for w in penalized(p, include_bias))
+
+
+def l1(coef: float = 1e-5, include_bias: bool = False, reduce: str = "sum") -> Regularization:
+    """Loss += coef * sum over weight arrays W of sum(|W|) (DLT's L1 term), or of mean(|W|)
+    with reduce=mean (the slides' form: 0.01 * sum of per-tensor means)."""
+    return Regularization(loss_terms=(_penalty(coef, include_bias, reduce, jnp.abs),))
+
+
+def l2(coef: float = 1e-4, include_bias: bool = False, reduce: str = "sum") -> Regularization:
+    """Loss += coef * sum over weight arrays W of sum(W^2) (DLT's L2_sqr term; coef 1e-4 as in
+    DLT's MLP), or of mean(W^2) with reduce=mean (the slides' form)."""
+    return Regularization(loss_terms=(_penalty(coef, include_bias, reduce, jnp.square),))
 
 
 def weight_decay(rate: float = 5e-4, include_bias: bool = False) -> Regularization:
@@ -73,6 +82,35 @@ def weight_decay(rate: float = 5e-4, include_bias: bool = False) -> Regularizati
     return Regularization(update_steps=(step,))
 
 
+def max_norm(max: float = 3.0) -> Regularization:
+    """Max-norm constraint, a step of the optax chain: after every update, each unit's incoming
+    weight vector (a kernel's slice along its last axis) is scaled down to L2 norm <= max
+    (Srebro & Shraibman 2005; Hinton et al. 2012 with dropout). Biases are left alone."""
+    require(max > 0, f"max must be > 0 (got {max})")
+
+    def project(w: jax.Array) -> jax.Array:
+        if w.ndim < 2:
+            return w
+        norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(range(w.ndim - 1)), keepdims=True))
+        return w * jnp.minimum(1.0, max / jnp.maximum(norm, 1e-12))
+
+    def step(lr: optax.Schedule) -> optax.GradientTransformation:
+        def update(updates, state, params):
+            moved = jax.tree.map(lambda p, u: project(p + u) - p, params, updates)
+            return moved, state
+        return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+    return Regularization(update_steps=(step,))
+
+
+def dropconnect(keep: float = 0.75) -> Regularization:
+    """DropConnect, the slides' "dropout": a Bernoulli(keep) mask on the dense layers' WEIGHTS
+    during training, and the weights scaled by `keep` at evaluation (no inverted scaling). An
+    argument of the model (logreg, mlp, and the dense layers of cnn and lenet)."""
+    require(0 < keep <= 1, f"keep must be a keep probability in (0, 1] (got {keep})")
+    return Regularization(dropout={"dropconnect_keep": keep})
+
+
 def dropout(input: float = 0.2, hidden: float = 0.5, conv: float = 0.2) -> Regularization:
     """Dropout (inverted scaling, as the seed notebook): drop probabilities on the input, after
     each hidden dense layer, and after each conv block (conv models only). Off at evaluation."""
@@ -82,7 +120,8 @@ def dropout(input: float = 0.2, hidden: float = 0.5, conv: float = 0.2) -> Regul
 
 
 REGULARIZERS: dict[str, Callable[..., Regularization]] = {
-    "none": none, "l1": l1, "l2": l2, "weight_decay": weight_decay, "dropout": dropout,
+    "none": none, "l1": l1, "l2": l2, "weight_decay": weight_decay, "max_norm": max_norm,
+    "dropout": dropout, "dropconnect": dropconnect,
 }
 
 

@@ -136,6 +136,9 @@ def build_setup(cfg: DictConfig) -> Setup:
     if tc.num_seeds > 1:
         lr = float(cfg.optim.lr)
         require(lr > 0, "train.num_seeds > 1 needs optim.lr > 0")
+        require(not tc.lrs or cfg.optim.name != "rprop",
+                "train.lrs cannot scale rprop (its step sizes adapt and are clipped on their own "
+                "scale); sweep optim.lr with -m instead")
         scales = tuple(x / lr for x in tc.lrs) if tc.lrs else (1.0,) * tc.num_seeds
     ck = build("checkpoint", {"checkpoint": checkpoint_config},
                {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
