@@ -19,6 +19,10 @@ COMMANDS = {
     "lstm-adam-slides_l2": (
         ["model=lstm", "optim.lr=0.005", "regularizer=[l2]", "regularizer.l2.reduce=mean",
          "regularizer.l2.coef=0.01", "train.epochs=3"], 0.6),
+    "mlp-dlt_early_stopping": (
+        ["model.hidden=[64]", "optim=sgd", "optim.lr=0.1", "early_stopping=dlt",
+         "early_stopping.patience=60", "early_stopping.improvement_threshold=0.9",
+         "train.epochs=60", "dataset.train_subset=1024"], 0.3),
     "rnn-rprop-fullbatch-slides_l1": (
         ["model=rnn", "optim=rprop", "train.batch_size=3500", "train.epochs=15",
          "regularizer=[l1]", "regularizer.l1.reduce=mean", "regularizer.l1.coef=0.001"], 0.75),
@@ -34,6 +38,10 @@ def test_new_options_run_from_the_command_line_and_learn(name, dlrun, tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["val_error"] < ceiling, records[-1]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
+    if any(a.startswith("early_stopping=") for a in args):  # it stops, and says so
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["early_stopping"]["stopped_at_epoch"] == len(records) < 60
+        assert "early stopping (dlt) after epoch" in proc.stdout
 
 
 def test_lenet_is_dlts_architecture():

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlrun import datasets, models, optim, regularizers
+from dlrun import datasets, early_stopping, models, optim, regularizers
 from dlrun.registry import config_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -14,6 +14,7 @@ REGISTRIES = {
     "schedule": optim.SCHEDULES,
     "regularizer": regularizers.REGULARIZERS,
     "dataset": datasets.REGISTRY,
+    "early_stopping": early_stopping.STOPPERS,
 }
 
 
@@ -31,7 +32,7 @@ def test_no_unregistered_group_directories():
     assert groups == set(REGISTRIES) | {"experiment", "hydra"}
 
 
-@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset"])
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset", "early_stopping"])
 def test_yaml_name_is_file_name_and_keys_are_builder_params(group):
     for path in (CONF / group).glob("*.yaml"):
         node = yaml.safe_load(path.read_text())

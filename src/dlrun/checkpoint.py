@@ -170,6 +170,7 @@ class Progress:
     history: list = field(default_factory=list)
     best: list = field(default_factory=list)
     resumed_at: list = field(default_factory=list)  # epochs (with fractions) resumed from
+    stopped_early: Optional[int] = None  # the epoch early stopping ended the run at
 
     def __post_init__(self):
         self.history = self.history or [[] for _ in range(self.copies)]
@@ -179,12 +180,14 @@ class Progress:
         return {"format": FORMAT, "config": config, "config_hash": config_hash(config),
                 "step": step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "epoch_seconds": self.epoch_seconds, "elapsed_seconds": self.elapsed_seconds,
-                "history": self.history, "best": self.best, "resumed_at": self.resumed_at}
+                "history": self.history, "best": self.best, "resumed_at": self.resumed_at,
+                "stopped_early": self.stopped_early}
 
     @classmethod
     def from_meta(cls, meta: dict, copies: int) -> "Progress":
         return cls(copies, meta["epoch"], meta["step_in_epoch"], meta["epoch_seconds"],
-                   meta["elapsed_seconds"], meta["history"], meta["best"], meta["resumed_at"])
+                   meta["elapsed_seconds"], meta["history"], meta["best"], meta["resumed_at"],
+                   meta.get("stopped_early"))
 
 
 # ---- Orbax -----------------------------------------------------------------------------------

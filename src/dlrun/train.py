@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import __version__, datasets, models, splits as data_splits, optim, regularizers
+from dlrun import __version__, datasets, early_stopping, models, splits as data_splits, optim, regularizers
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
 from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
@@ -38,8 +38,8 @@ NUM_CLASSES = 10
 ACC_SIZE = 5  # per-epoch sums: cross-entropy, errors, examples, non-finite steps, first such step
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume")
-OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume")  # defaults apply when absent
+                  "resume", "early_stopping")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class Setup:
     steps_per_epoch: int
     lr_scales: Optional[tuple]  # per copy (train.num_seeds > 1): its lr / optim.lr
     checkpoint: CheckpointConfig
+    stopper: Optional[early_stopping.Stopper] = None  # None: train for train.epochs
 
     @property
     def copies(self) -> int:
@@ -142,7 +143,13 @@ def build_setup(cfg: DictConfig) -> Setup:
         scales = tuple(x / lr for x in tc.lrs) if tc.lrs else (1.0,) * tc.num_seeds
     ck = build("checkpoint", {"checkpoint": checkpoint_config},
                {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
-    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck)
+    stopper = build("early_stopping", early_stopping.STOPPERS,
+                    cfg.get("early_stopping") or {"name": "none"})
+    require(stopper is None or ds.sizes()[1] > 0,
+            f"early_stopping={cfg.early_stopping.name if stopper else ''} needs a validation "
+            f"split (dataset.val_size > 0; the seed presets have none), so that it never selects "
+            f"on the test set")
+    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -454,7 +461,8 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
         raise ConfigError(f"{run_dir} has already trained {progress.epoch} epochs; "
                           f"train.epochs={epochs} is fewer (give at least "
                           f"{progress.epoch + bool(progress.step_in_epoch)})")
-    if progress.epoch == epochs and (run_dir / "summary.json").is_file():
+    finished = progress.epoch == epochs or progress.stopped_early is not None
+    if finished and (run_dir / "summary.json").is_file():
         return None
     blank = fresh_start(setup)
     tree = checkpoints.restore_state({"state": blank.state, "acc": epoch_acc(n if n > 1 else None),
@@ -515,7 +523,8 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
 
     elapsed_before = progress.elapsed_seconds
     pause = (lambda: stop.requested or time_due()) if setup.loop == "step" else None
-    for epoch in range(progress.epoch + 1, tc.epochs + 1):
+    last_epoch = tc.epochs if progress.stopped_early is None else progress.epoch
+    for epoch in range(progress.epoch + 1, last_epoch + 1):
         t0 = time.perf_counter()
         state, acc, done = run_epoch(state, epoch, acc, progress.step_in_epoch, pause)
         while done < setup.steps_per_epoch:  # paused mid-epoch: checkpoint, then stop or go on
@@ -554,22 +563,36 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 progress.best[i] = record
                 best_params = set_copy(best_params, i, n, copy_of(state.params, i, n))
         progress.epoch = epoch
+        if setup.stopper is not None and all(setup.stopper(evaluated(h, select))
+                                             for h in progress.history):
+            progress.stopped_early = epoch
+            log.info("early stopping (%s) after epoch %d; restoring the parameters of the best "
+                     "epoch", cfg.early_stopping.name, epoch)
         stopping = stop.requested  # read once: a signal arriving after it waits for the next step
-        if ((ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stopping
-                or epoch == tc.epochs):
+        ends = epoch == tc.epochs or progress.stopped_early is not None
+        if (ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stopping or ends:
             errors = [r.get(select) for r in records]
             save(state, None, None if None in errors else float(np.mean(errors)))
-        if stopping and epoch < tc.epochs:
+        if ends:
+            break
+        if stopping:
             raise interrupted(epoch + 1, 0)
     total_s = elapsed_before + time.perf_counter() - started_at
     summaries = []
     for i in range(n):
         final_params = jax.device_get(copy_of(state.params, i, n))
-        writers[i].save_params("params.pkl", final_params)
-        writers[i].save_params("best_params.pkl", copy_of(best_params, i, n)
-                               if progress.best[i] else final_params)
+        best_i = copy_of(best_params, i, n) if progress.best[i] else final_params
+        restore_best = setup.stopper is not None and progress.best[i] is not None
+        writers[i].save_params("params.pkl", best_i if restore_best else final_params)
+        writers[i].save_params("best_params.pkl", best_i)
         summary = make_summary(setup, progress.history[i], progress.best[i], select, compile_s,
                                first_step_s, total_s, n_params)
+        if setup.stopper is not None:  # the run's parameters are the best epoch's
+            summary["early_stopping"] = {
+                "method": cfg.early_stopping.name, "stopped_at_epoch": progress.stopped_early,
+                "restored_epoch": progress.best[i]["epoch"] if restore_best else None}
+            if restore_best:
+                summary["last"], summary["final"] = summary["final"], progress.best[i]
         summary["resumed_at_epochs"] = progress.resumed_at
         if n > 1:
             summary.update(seed=seeds[i], lr=float(cfg.optim.lr) * setup.lr_scales[i])
@@ -588,6 +611,11 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     for tmp in run_dir.rglob(".*.tmp"):
         if tmp.is_file() and "checkpoints" not in tmp.relative_to(run_dir).parts:
             tmp.unlink(missing_ok=True)
+
+
+def evaluated(history: list[dict], select: str) -> list[tuple[int, int, float]]:
+    """(epoch, step, error) of each record of `history` that has the selected error."""
+    return [(r["epoch"], r["step"], r[select]) for r in history if r.get(select) is not None]
 
 
 def set_copy(tree, i: int, copies: int, value):
