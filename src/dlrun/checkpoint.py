@@ -248,15 +248,6 @@ class Checkpoints:
         except OrbaxFailure as exc:
             raise _write_error(self.dir, exc) from None
 
-    def wait(self) -> None:
-        """Block until every checkpoint started is complete (immediate: saves are synchronous)."""
-        if self._manager is None:
-            return
-        try:
-            quietly(self.manager.wait_until_finished)
-        except OrbaxFailure as exc:
-            raise _write_error(self.dir, exc) from None
-
     def read_meta(self) -> dict:
         """The JSON part of the newest complete checkpoint."""
         step = self.latest_step()  # makes the manager

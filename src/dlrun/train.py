@@ -514,7 +514,6 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         last_save = time.monotonic()
 
     def interrupted(epoch: int, done: int) -> Interrupted:
-        checkpoints.wait()
         where = (f"after epoch {epoch - 1}" if done == 0 else
                  f"in epoch {epoch} after step {done} of {setup.steps_per_epoch}")
         return Interrupted(f"dlrun: stopped by {stop.name} {where}; checkpoint and metrics "
@@ -545,7 +544,6 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 writers[i].append_metrics(record)
                 if progress.best[i]:
                     writers[i].save_params("best_params.pkl", copy_of(best_params, i, n))
-            checkpoints.wait()
             last = checkpoints.latest_step() if has_checkpoint(run_dir) else None
             raise TrainingDiverged(f"{exc}. The last good checkpoint is {checkpoints.dir}/{last}"
                                    if last is not None else str(exc), exc.records) from None
@@ -600,7 +598,6 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         summaries.append(summary)
     summary = summaries[0] if n == 1 else summarize_copies(summaries, total_s)
     summary["resumed_at_epochs"] = progress.resumed_at
-    checkpoints.wait()  # the final checkpoint is complete before summary.json marks the run done
     RunWriter(run_dir).save_summary(summary)
     log.info(format_end(summary))
     return summary
