@@ -25,7 +25,7 @@ def main(saves: int = 11) -> None:
             cfg = compose("config", overrides=overrides)
         setup = train.build_setup(cfg)
         start = train.fresh_start(setup)
-        tree = {"state": start.state, "acc": train.epoch_acc(),
+        tree = {"state": start.state, "acc": train.epoch_acc(setup),
                 "rng": jax.random.key_data(start.train_key), "best_params": start.best_params}
         meta = Progress(1).to_meta({"config": "placeholder"}, 0)
         with tempfile.TemporaryDirectory() as tmp:

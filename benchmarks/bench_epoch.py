@@ -78,14 +78,14 @@ def measure_case(preset: str, overrides: list[str], epochs: int) -> dict:
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         state, acc, _ = run_epoch(state, epoch)
-        seen = float(np.asarray(acc).reshape(-1, train.ACC_SIZE)[:, 2].sum())  # host sync: the epoch is done
+        seen = float(np.asarray(acc).reshape(-1, setup.acc_size)[:, 0].sum())  # host sync: the epoch is done
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))
     # FLOPs of one (unbatched) training step by XLA's cost analysis, times the copies
     one = train.build_setup(compose_single(cfg))
     st = jax.eval_shape(lambda: train.init_state(one, jax.random.key(0)))
     b = setup.train.batch_size
-    args = (st, train.epoch_acc(), split.x, split.y, jnp.arange(b, dtype=jnp.int32), jnp.ones(b),
+    args = (st, train.epoch_acc(one), split.x, split.y, jnp.arange(b, dtype=jnp.int32), jnp.ones(b),
             jax.random.key(1))
     cost = jax.jit(train.make_train_step(one)).lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

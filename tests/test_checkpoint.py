@@ -59,6 +59,16 @@ CASES = {  # overrides, polls before the stop, where it must land
     "mlp-2-copies-step": (["model.hidden=[16]", "dataset.train_subset=512", "train.epochs=3",
                            "train.num_seeds=2", "train.loop=step", "train.lrs=[0.01,0.001]"], 6,
                           "in epoch 2 after step 2 of 4"),
+    # PCD's persistent chains are part of the state: resumed mid-epoch, the chains go on
+    "rbm-pcd-step-mid-epoch": (["model=rbm", "model.hidden=32", "model.persistent=true", "model.k=2",
+                                "model.chains=10", "optim=sgd", "optim.lr=0.05",
+                                "train.batch_size=20", "dataset.train_subset=200",
+                                "train.epochs=3", "train.loop=step"], 15,
+                               "in epoch 2 after step 5 of 10"),
+    # a stack stopped in its second pretraining phase resumes that phase, then fine-tunes
+    "sda-in-pretraining": (["model=sda", "model.hidden=[32,16]", "model.corruption=[0.1,0.2]",
+                            "model.pretrain_epochs=2", "dataset.train_subset=400",
+                            "train.epochs=2", "optim=sgd", "optim.lr=0.1"], 3, "after epoch 1"),
 }
 
 
@@ -77,11 +87,13 @@ def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(case, tmp_path
     train.train_and_evaluate(cfg, str(part), resume=True)
 
     seed_dirs = [p.name for p in (tmp_path / "whole").glob("seed_*")] or ["."]
-    for sub in seed_dirs:
+    phase_dirs = [p.name for p in (tmp_path / "whole").glob("pretrain_*")]
+    for sub in seed_dirs + phase_dirs:
         assert metrics(part / sub) == metrics(tmp_path / "whole" / sub)
         for name in ("params.pkl", "best_params.pkl"):
             assert_same_params(part / sub / name, tmp_path / "whole" / sub / name)
-    summary = json.loads((part / "summary.json").read_text())
+    stopped_dir = part / (phase_dirs[-1] if phase_dirs else ".")  # the phase that was stopped
+    summary = json.loads((stopped_dir / "summary.json").read_text())
     assert summary["resumed_at_epochs"] and 0 < summary["resumed_at_epochs"][0] < cfg.train.epochs
 
 

@@ -203,9 +203,10 @@ def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
         if sep and name in ("model", "optim", "regularizer", "dataset", "schedule"):
             groups[name] = set(options.split(", "))
     assert set(groups) == {"model", "optim", "regularizer", "dataset", "schedule"}, proc.stdout
-    assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "rnn", "lstm"}
+    assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "rnn", "lstm", "autoencoder",
+                               "rbm", "sda", "dbn", "knn"}
     optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam", "rprop",
-              "sign_agreement"}
+              "sign_agreement", "lbfgs", "cg"}
     assert optims <= groups["optim"]
     assert {"none", "l1", "l2", "weight_decay", "max_norm", "dropout",
             "dropconnect"} <= groups["regularizer"]

@@ -56,7 +56,7 @@ def test_weight_decay_is_a_step_of_the_training_chain():
         state = train.init_state(setup, jax.random.key(0))
         step = jax.jit(train.make_train_step(setup))
         x, y = jnp.zeros((8, 28, 28, 1)), jnp.zeros(8, jnp.int32)  # zero input: no kernel gradient
-        state, _ = step(state, train.epoch_acc(), x, y, jnp.arange(8), jnp.ones(8), jax.random.key(1))
+        state, _ = step(state, train.epoch_acc(setup), x, y, jnp.arange(8), jnp.ones(8), jax.random.key(1))
         return float(jnp.linalg.norm(state.params["out"]["kernel"]))
 
     plain = norm_after_steps()

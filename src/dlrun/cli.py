@@ -70,8 +70,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _USER_ERRORS.append(job + str(exc))
         return None
     log.info("run dir: %s", run_dir.resolve())
-    final = summary["final"]
-    return float(final.get("val_error", final.get("test_error", final["train_error"])))
+    value = summary["final"].get(summary["best_selected_on"])  # the sweep's objective (Optuna)
+    return float("nan") if value is None else float(value)
 
 
 def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from dlrun import datasets
 from dlrun.errors import ConfigError
+from dlrun.preprocess import AUGMENT, PREPROCESS
 from dlrun.registry import require
 
 
@@ -28,6 +29,14 @@ class DataConfig:
     data_dir: Optional[str]
     download: bool
     mirrors: Optional[List[str]]
+    preprocess: str = "none"
+    pca_eps: float = 1e-5
+    pca_dims: int = 0
+    augment: tuple = ()
+    max_shift: float = 2.0
+    max_scale: float = 0.1
+    elastic_alpha: float = 34.0
+    elastic_sigma: float = 4.0
 
     def sizes(self) -> tuple[int, int, int]:
         """(n_train, n_val, n_test) this spec yields, known without loading the data."""
@@ -39,15 +48,31 @@ class DataConfig:
 
 
 def data_config(val_size: int = 0, train_subset: Optional[int] = None,
-                 data_dir: Optional[str] = None, download: bool = True,
-                 mirrors: Optional[List[str]] = None, *, name: str) -> DataConfig:
-    """Validate a dataset node. val_size images are held out from the end of the training split."""
+                data_dir: Optional[str] = None, download: bool = True,
+                mirrors: Optional[List[str]] = None, preprocess: str = "none",
+                pca_eps: float = 1e-5, pca_dims: int = 0, augment: List[str] = (),
+                max_shift: float = 2.0, max_scale: float = 0.1, elastic_alpha: float = 34.0,
+                elastic_sigma: float = 4.0, *, name: str) -> DataConfig:
+    """Validate a dataset node. val_size images are held out from the end of the training split;
+    preprocess and augment are dlrun.preprocess's."""
     n_train_raw, _ = datasets.REGISTRY[name].counts
     require(0 <= val_size < n_train_raw,
             f"val_size must be in [0, {n_train_raw}) for {name} (got {val_size})")
     require(train_subset is None or train_subset > 0,
             f"train_subset must be a positive number of images or null (got {train_subset})")
-    return DataConfig(name, val_size, train_subset, data_dir, download, mirrors)
+    require(preprocess in PREPROCESS,
+            f"preprocess must be one of {', '.join(PREPROCESS)} (got '{preprocess}')")
+    require(pca_eps > 0 and 0 <= pca_dims <= 784,
+            f"need pca_eps > 0 and pca_dims in [0, 784] (got {pca_eps}, {pca_dims})")
+    bad = [a for a in augment if a not in AUGMENT]
+    require(not bad, f"augment takes a list of {', '.join(AUGMENT)} (got {list(augment)}), "
+                     f"e.g. dataset.augment=[shift,scale]")
+    require(0 <= max_shift <= 14 and 0 <= max_scale < 1 and elastic_alpha >= 0 and elastic_sigma > 0,
+            "need max_shift in [0, 14] pixels, max_scale in [0, 1), elastic_alpha >= 0 and "
+            "elastic_sigma > 0")
+    return DataConfig(name, val_size, train_subset, data_dir, download, mirrors, preprocess,
+                      pca_eps, pca_dims, tuple(dict.fromkeys(augment)), max_shift, max_scale,
+                      elastic_alpha, elastic_sigma)
 
 
 DATASETS = {name: partial(data_config, name=name) for name in datasets.REGISTRY}

@@ -11,6 +11,7 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
         measured 1,100 vs 90-130 ms per batch of 128 for the seed convnet)
   auto  scan for dense models, step for convnets
 """
+import dataclasses
 import json
 import logging
 import time
@@ -25,17 +26,19 @@ import numpy as np
 import optax
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import __version__, datasets, early_stopping, models, splits as data_splits, optim, regularizers
+from dlrun import (__version__, datasets, early_stopping, models, objectives, preprocess,
+                   splits as data_splits, optim, regularizers)
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
 from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
+from dlrun.io import load_arrays
 from dlrun.signals import StopRequest
 from dlrun.registry import build, require
 from dlrun.outputs import RunWriter
 
 log = logging.getLogger("dlrun")
 NUM_CLASSES = 10
-ACC_SIZE = 5  # per-epoch sums: cross-entropy, errors, examples, non-finite steps, first such step
+ACC_HEAD = 3  # per-epoch sums: examples, non-finite steps, first such step; then the objective's metrics
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
                   "resume", "early_stopping")
@@ -100,6 +103,10 @@ class Setup:
     lr_scales: Optional[tuple]  # per copy (train.num_seeds > 1): its lr / optim.lr
     checkpoint: CheckpointConfig
     stopper: Optional[early_stopping.Stopper] = None  # None: train for train.epochs
+    objective: objectives.Objective = objectives.OBJECTIVES["classify"]
+    phases: tuple = ()  # sda/dbn: the model config of each greedy pretraining phase
+    full_batch: bool = False  # optim is a full-batch method (lbfgs, cg): one step per epoch
+    transform: Optional[preprocess.Transform] = None  # dataset.preprocess, fitted on the data
 
     @property
     def copies(self) -> int:
@@ -108,6 +115,14 @@ class Setup:
     @property
     def seeds(self) -> list[int]:
         return [self.train.seed + i for i in range(self.copies)]
+
+    @property
+    def acc_size(self) -> int:
+        return ACC_HEAD + len(self.objective.metrics)
+
+    def select_key(self, splits) -> str:
+        """The record key that picks the best epoch: the objective's metric on val, else test."""
+        return f"{'val' if 'val' in splits else 'test'}_{self.objective.select}"
 
 
 def build_setup(cfg: DictConfig) -> Setup:
@@ -123,6 +138,18 @@ def build_setup(cfg: DictConfig) -> Setup:
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
     model = build("model", models.MODELS, cfg.model, num_classes=NUM_CLASSES, dropout=reg.dropout)
     n_train, _, _ = ds.sizes()
+    full_batch = cfg.optim.name in optim.FULL_BATCH
+    if full_batch:  # one line-searched iteration on the whole training split per epoch
+        require(objectives.of(model).name != "cd",
+                f"optim={cfg.optim.name} minimises an objective by line search; an RBM's CD "
+                f"update is not the gradient of one: use optim=sgd")
+        require(not reg.update_steps,
+                f"optim={cfg.optim.name} line-searches the objective, which a regularizer acting "
+                f"on the updates (weight_decay, max_norm) would change behind its back: use "
+                f"regularizer=l2 or l1 (part of the objective)")
+        require(not tc.lrs, f"train.lrs cannot scale optim={cfg.optim.name} (its line search "
+                            f"picks the step); sweep optim.lr with -m instead")
+        tc = dataclasses.replace(tc, batch_size=n_train, drop_last=False, shuffle=False)
     steps = steps_per_epoch(n_train, tc.batch_size, tc.drop_last)
     require(steps * tc.epochs < 2**31,
             f"train.epochs ({tc.epochs}) x {steps} steps per epoch overflows the int32 step "
@@ -149,7 +176,23 @@ def build_setup(cfg: DictConfig) -> Setup:
             f"early_stopping={cfg.early_stopping.name if stopper else ''} needs a validation "
             f"split (dataset.val_size > 0; the seed presets have none), so that it never selects "
             f"on the test set")
-    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper)
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    phases = tuple(models.pretraining_phases(node))
+    knn = isinstance(model, models.NearestNeighbours)
+    if ds.preprocess != "none":
+        require(objectives.of(model).name == "classify" and not phases,
+                f"dataset.preprocess={ds.preprocess} is for classifiers trained directly; "
+                f"model={node['name']} models pixel intensities in [0, 1] (or pretrains on them)")
+        require(ds.preprocess != "pca" or isinstance(model, (models.Dense, models.NearestNeighbours)),
+                "dataset.preprocess=pca keeps fewer dimensions than pixels, so the input is no "
+                "longer an image: use it with logreg, mlp or knn, or use zca (image-shaped)")
+    require(not (ds.augment and knn), "dataset.augment does not apply to knn, which has no "
+                                      "training steps")
+    require(not phases or tc.num_seeds == 1,
+            f"model={node['name']} pretrains layer by layer; train.num_seeds > 1 is not supported "
+            f"for it (sweep train.seed with -m instead)")
+    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper,
+                 objectives.of(model), phases, full_batch)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -164,12 +207,27 @@ class TrainState(NamedTuple):
     params: dict
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: optimizer steps taken
+    extra: dict = {}  # the model's other variable collections ('frozen', 'chains'; see models.py)
 
 
 def init_state(setup: Setup, key: jax.Array) -> TrainState:
     x = jnp.zeros((1, 28, 28, 1), jnp.float32)
-    params = setup.model.init(key, x, train=False)["params"]
-    return TrainState(params, setup.tx.init(params), jnp.zeros((), jnp.int32))
+    if setup.transform is not None:
+        x = setup.transform(x)
+    variables = dict(setup.model.init({"params": key, "sample": key, "dropout": key}, x, train=False))
+    params = variables.pop("params")
+    return TrainState(params, fresh_buffers(setup.tx.init(params)), jnp.zeros((), jnp.int32), variables)
+
+
+def fresh_buffers(tree):
+    """`tree` with every array in a buffer of its own: some optax states (lbfgs) start with one
+    zero array in two places, and the step donates its inputs, which must not alias."""
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def model_variables(state: TrainState) -> dict:
+    """What model.apply takes: the parameters and the model's other collections."""
+    return {"params": state.params, **state.extra}
 
 
 # ---- the training step: one pure function, jitted once -------------------------------------
@@ -181,27 +239,44 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
 
     idx (B,) int32 row indices into the device-resident split x (N, 28, 28, 1) uint8, y (N,);
     w (B,) float32 example weights (0 for the padding of a partial last batch).
-    acc (ACC_SIZE,) float32 running sums over the epoch: [cross-entropy, errors, examples,
-    non-finite steps, first non-finite step (NO_STEP if none)].
+    acc (setup.acc_size,) float32 running sums over the epoch: [examples, non-finite steps,
+    first non-finite step (NO_STEP if none), then each of the objective's metrics (e.g.
+    cross-entropy and errors)]. The loss and metrics come from the model's objective
+    (dlrun.objectives); collections the model updates (PCD's chains) are carried in state.extra.
 
     A step whose loss or gradients are not finite changes nothing (parameters, optimizer state
     and the sums stay as they were) and is counted instead; train.nan_policy decides after the
     epoch whether the run stops (raise) or goes on (skip).
     """
-    model, tx, penalty = setup.model, setup.tx, setup.reg.penalty
+    model, tx, penalty, objective = setup.model, setup.tx, setup.reg.penalty, setup.objective
+    ds = setup.dataset
+    mutable = list(getattr(model, "mutable", ()))
 
     def step(state: TrainState, acc, x, y, idx, w, key):
         xb, yb = data_splits.pixels(x[idx]), y[idx]  # (B, 28, 28, 1) float32, (B,)
-        dropout_key = jax.random.fold_in(key, state.step)
+        step_key = jax.random.fold_in(key, state.step)
+        rngs = {"dropout": step_key, "sample": jax.random.fold_in(step_key, 1)}
+        if ds.augment:
+            xb = preprocess.augment(xb, jax.random.fold_in(step_key, 2), ds.augment, ds.max_shift,
+                                    ds.max_scale, ds.elastic_alpha, ds.elastic_sigma)
+        if setup.transform is not None:
+            xb = setup.transform(xb)
 
         def loss_fn(params):
-            logits = model.apply({"params": params}, xb, train=True, rngs={"dropout": dropout_key})
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)  # (B,)
-            ce_sum = jnp.sum(w * ce)
-            return ce_sum / jnp.sum(w) + penalty(params), (ce_sum, logits)
+            variables = {"params": params, **state.extra}
+            if mutable:
+                out, updated = model.apply(variables, xb, train=True, rngs=rngs, mutable=mutable)
+            else:
+                out, updated = model.apply(variables, xb, train=True, rngs=rngs), {}
+            loss, metrics = objective.per_example(model, out, yb)  # (B,), (K, B)
+            return jnp.sum(w * loss) / jnp.sum(w) + penalty(params), (metrics @ w, updated)
 
-        (loss, (ce_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        (loss, (sums, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if setup.full_batch:  # line searches evaluate the same objective at trial points
+            updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss,
+                                           grad=grads, value_fn=lambda p: loss_fn(p)[0])
+        else:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if scale is not None:
             updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
@@ -209,19 +284,19 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
             [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        errors = jnp.sum(w * (jnp.argmax(logits, -1) != yb))
-        sums = jnp.where(finite, jnp.stack([ce_sum, errors, jnp.sum(w)]), 0.0)
+        extra = {**state.extra, **keep(dict(updated), {k: state.extra[k] for k in updated})}
+        sums = jnp.where(finite, jnp.concatenate([jnp.sum(w)[None], sums]), 0.0)
         first_bad = jnp.where(finite, NO_STEP, state.step.astype(jnp.float32))
-        acc = jnp.concatenate([acc[:3] + sums, acc[3:4] + (1.0 - finite),
-                               jnp.minimum(acc[4:5], first_bad)])
-        return TrainState(params, opt_state, state.step + 1), acc
+        acc = jnp.concatenate([acc[:1] + sums[:1], acc[1:2] + (1.0 - finite),
+                               jnp.minimum(acc[2:3], first_bad), acc[3:] + sums[1:]])
+        return TrainState(params, opt_state, state.step + 1, extra), acc
 
     return step
 
 
-def epoch_acc(copies: Optional[int] = None) -> jax.Array:
+def epoch_acc(setup: Setup, copies: Optional[int] = None) -> jax.Array:
     """The step's accumulator at the start of an epoch (one per copy when copies is given)."""
-    acc = jnp.zeros(ACC_SIZE).at[4].set(NO_STEP)
+    acc = jnp.zeros(setup.acc_size).at[2].set(NO_STEP)
     return acc if copies is None else jnp.tile(acc, (copies, 1))
 
 
@@ -289,7 +364,7 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     key0 = jax.random.key(0)
     state0 = jax.eval_shape(lambda: init_states(setup, jax.random.split(key0, setup.copies)
                                                 if batched else key0))
-    args = [state0, epoch_acc(setup.copies if batched else None), split.x, split.y, idx0, w0, dropout_key]
+    args = [state0, epoch_acc(setup, setup.copies if batched else None), split.x, split.y, idx0, w0, dropout_key]
     if setup.loop == "step":
         args.append(np.int32(0))
     compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(*args).compile()
@@ -301,7 +376,7 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
         steps done). With loop=step, `pause()` is asked after every step and a true answer
         returns early (a mid-epoch checkpoint or a stop signal); loop=scan runs whole epochs."""
         idx, w = order_fn(epoch)
-        acc = epoch_acc(setup.copies if batched else None) if acc is None else acc
+        acc = epoch_acc(setup, setup.copies if batched else None) if acc is None else acc
         steps = idx.shape[0]
         if setup.loop == "scan":
             assert start == 0, "loop=scan checkpoints only at epoch ends"
@@ -333,22 +408,25 @@ def init_states(setup: Setup, init_key: jax.Array) -> TrainState:
 
 
 # ---- evaluation ------------------------------------------------------------------------------
-def make_evaluator(model: nn.Module, batch: int, copies: int = 1
+def make_evaluator(model: nn.Module, batch: int, copies: int = 1,
+                   transform: Optional[preprocess.Transform] = None
                    ) -> Callable[[dict, data_splits.Split], dict]:
-    """(params, split) -> {'loss', 'error'} over the whole split, in eval mode (no dropout);
-    with copies > 1, params have a leading copy axis and each value is an array (copies,).
+    """(variables, split) -> {metric: mean over the split} for each of the model's objective's
+    metrics (classifiers: 'loss', 'error'), in eval mode (no dropout, no corruption); with
+    copies > 1, the variables have a leading copy axis and each value is an array (copies,).
 
     Scan-friendly (dense) models evaluate a whole split in one jitted call, a lax.map over
     chunks of `batch` (radford_logreg: 70,000 images in 9 ms instead of 76 ms as 70 calls);
     convnets keep one call per chunk, as XLA:CPU runs convolutions inside loops far slower.
     """
 
-    def chunk(params, x, y):  # x (batch, 28, 28, 1) uint8, y (batch,) with -1 = padding
-        logits = model.apply({"params": params}, data_splits.pixels(x), train=False)
-        valid = y >= 0
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
-        wrong = jnp.argmax(logits, -1) != y
-        return jnp.stack([jnp.sum(ce * valid), jnp.sum(wrong & valid)])
+    objective = objectives.of(model)
+
+    def chunk(variables, x, y):  # x (batch, 28, 28, 1) uint8, y (batch,) with -1 = padding
+        x = data_splits.pixels(x)
+        out = model.apply(variables, x if transform is None else transform(x), train=False)
+        _, metrics = objective.per_example(model, out, y)  # (K, batch)
+        return metrics @ (y >= 0).astype(jnp.float32)
 
     if copies > 1:
         chunk = jax.vmap(chunk, in_axes=(0, None, None))  # -> (copies, 2)
@@ -360,14 +438,14 @@ def make_evaluator(model: nn.Module, batch: int, copies: int = 1
 
     chunk_jit = jax.jit(chunk)
 
-    def evaluate(params: dict, split: data_splits.Split) -> dict:
+    def evaluate(variables: dict, split: data_splits.Split) -> dict:
         if model.scan_friendly:
-            total = whole(params, split.x, split.y)
+            total = whole(variables, split.x, split.y)
         else:
-            total = sum(chunk_jit(params, split.x[s:s + batch], split.y[s:s + batch])
+            total = sum(chunk_jit(variables, split.x[s:s + batch], split.y[s:s + batch])
                         for s in range(0, split.x.shape[0], batch))
-        loss, errors = np.moveaxis(np.asarray(total, np.float64), -1, 0)
-        return {"loss": loss / split.n, "error": errors / split.n}
+        sums = np.moveaxis(np.asarray(total, np.float64), -1, 0)
+        return {name: value / split.n for name, value in zip(objective.metrics, sums)}
 
     return evaluate
 
@@ -375,7 +453,8 @@ def make_evaluator(model: nn.Module, batch: int, copies: int = 1
 # ---- the run ---------------------------------------------------------------------------------
 def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float] = None,
                        on_start: Callable[[], None] = lambda: None, resume: bool = False,
-                       stop: Optional[StopRequest] = None) -> dict:
+                       stop: Optional[StopRequest] = None, init_from: Optional[dict] = None,
+                       hint_dir: Optional[Path] = None, splits: Optional[dict] = None) -> dict:
     """Train the configured model, writing metrics, checkpoints and parameters into `workdir`.
 
     Validates the config and loads the data first (DlrunError before anything is written),
@@ -385,8 +464,15 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     (Interrupted). With train.num_seeds = N > 1 the N copies train in one program
     (make_epoch_runner) and each writes a complete run directory workdir/seed_<seed>/;
     workdir/summary.json then holds the mean and spread over the copies.
+
+    init_from ({collection: {layer name: arrays}}) replaces those layers of a fresh start's
+    variables (the pretrained layers of sda/dbn); sda/dbn run their pretraining phases first, as
+    runs of their own in workdir/pretrain_<i>/ (see `pretrain`). hint_dir is the directory a
+    stop message tells the user to resume (the top-level run's, for a phase); splits: data
+    already loaded by the caller.
     """
     started_at = started_at or time.perf_counter()
+    stop = stop or StopRequest()
     setup = build_setup(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(workdir)
@@ -398,13 +484,21 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     elif has_checkpoint(run_dir):
         raise FileError(f"{run_dir} already holds a checkpointed run; resume it (resume=true) or "
                         f"train into a new directory")
-    splits = data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
+    splits = splits or data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
+    if setup.dataset.preprocess != "none":  # fitted on the training split only
+        train_split = splits["train"]
+        setup = dataclasses.replace(setup, transform=preprocess.fit(
+            setup.dataset.preprocess, np.asarray(train_split.x[:train_split.n]),
+            setup.dataset.pca_eps, setup.dataset.pca_dims))
     if setup.train.compile_cache:
         enable_compile_cache(datasets.default_cache_dir() / "xla")
     lock = RunLock(run_dir) if resume else None
     checkpoints = None
+    start = None
+    # a stack stopped while pretraining has no checkpoint of its own yet: it resumes its phases
+    restoring = resume and (has_checkpoint(run_dir) or not setup.phases)
     try:
-        if resume:  # every check before anything is written or logged into the run
+        if restoring:  # every check before anything is written or logged into the run
             checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
             start = restore(setup, config, run_dir, checkpoints)
             if start is None:  # finished already
@@ -415,11 +509,19 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
             write_run_info(run_dir, config, __version__)
             lock = RunLock(run_dir)
         on_start()
-        if not resume:
+        if setup.transform is not None:
+            setup.transform.save(run_dir / "preprocess.npz")
+            log.info("preprocess %s fitted on the training split: %d input dimensions",
+                     setup.transform.name, setup.transform.dims)
+        if isinstance(setup.model, models.NearestNeighbours):
+            return fit_knn(setup, run_dir, splits, started_at)
+        if start is None:
+            if setup.phases:
+                init_from = pretrain(setup, cfg, run_dir, splits, stop, hint_dir or run_dir)
             checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
-            start = fresh_start(setup)
-        return _train(setup, cfg, config, run_dir, splits, checkpoints, started_at, start,
-                      stop or StopRequest())
+            start = fresh_start(setup, init_from)
+        return _train(setup, cfg, config, run_dir, splits, checkpoints, started_at, start, stop,
+                      hint_dir or run_dir)
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -438,10 +540,111 @@ class Start(NamedTuple):
     progress: Progress
 
 
-def fresh_start(setup: Setup) -> Start:
+def fresh_start(setup: Setup, init_from: Optional[dict] = None) -> Start:
     init_key, train_key = run_keys(setup, jax.random.key(setup.train.seed))
     state = init_states(setup, init_key)
+    if init_from:
+        state = with_layers(setup, state, init_from)
     return Start(state, train_key, None, host_copy(state.params), Progress(setup.copies))
+
+
+def with_layers(setup: Setup, state: TrainState, layers: dict) -> TrainState:
+    """`state` (one copy) with the named layers of each collection replaced by `layers`
+    ({collection: {layer name: tree of arrays}}, shapes checked) and a fresh optimizer state."""
+    variables = model_variables(state)
+    for collection, named in layers.items():
+        for name, tree in named.items():
+            old = variables[collection][name]
+            shapes = lambda t: jax.tree.map(np.shape, t)
+            if shapes(old) != shapes(tree):
+                raise FileError(f"pretrained layer {collection}/{name} has shapes {shapes(tree)}, "
+                                f"the model expects {shapes(old)}")
+            variables[collection] = {**variables[collection],
+                                     name: jax.tree.map(jnp.asarray, tree)}
+    params = variables.pop("params")
+    return TrainState(params, fresh_buffers(setup.tx.init(params)), state.step, variables)
+
+
+def phase_config(cfg: DictConfig, model_node: dict, settings: dict) -> DictConfig:
+    """The config of one pretraining phase of an sda/dbn run: the layer's model, plain SGD at
+    pretrain_lr for pretrain_epochs in batches of pretrain_batch_size, no regularizer, no early
+    stopping; data, seed, loop and checkpoint settings as the run's."""
+    sub = OmegaConf.to_container(cfg, resolve=True)
+    sub.update(model=model_node, optim={"name": "sgd", "lr": settings["pretrain_lr"]},
+               schedule={"name": "constant"}, regularizer={}, early_stopping={"name": "none"},
+               resume=False)
+    sub["train"] = {**sub["train"], "epochs": settings["pretrain_epochs"], "num_seeds": 1, "lrs": [],
+                    "batch_size": settings["pretrain_batch_size"], "eval_train": False}
+    return OmegaConf.create(sub)
+
+
+def pretrain(setup: Setup, cfg: DictConfig, run_dir: Path, splits: dict, stop: StopRequest,
+             hint_dir: Path) -> dict:
+    """Greedy layer-wise pretraining (sda, dbn): phase i trains layer i (an autoencoder or RBM)
+    on the frozen layers 0..i-1 pretrained before it, as a complete run of its own in
+    run_dir/pretrain_<i>/ (metrics, parameters, checkpoints). A phase that finished is read back,
+    one with a checkpoint is resumed, so a stopped stack resumes where it stopped.
+    Returns the pretrained layers, {'params': {'hidden_<i>': ...}}, to start fine-tuning from."""
+    settings = models.pretraining_settings(OmegaConf.to_container(cfg.model, resolve=True))
+    layers: dict = {}
+    for i, node in enumerate(setup.phases):
+        sub_dir = run_dir / f"pretrain_{i}"
+        if not (sub_dir / "summary.json").is_file():
+            log.info("pretraining layer %d of %d (%s, %d hidden units) in %s", i + 1,
+                     len(setup.phases), node["name"], node["hidden"], sub_dir.name)
+            sub_dir.mkdir(exist_ok=True)
+            train_and_evaluate(phase_config(cfg, node, settings), str(sub_dir),
+                               resume=has_checkpoint(sub_dir), stop=stop,
+                               init_from={"frozen": dict(layers)} if layers else None,
+                               hint_dir=hint_dir, splits=splits)
+        else:
+            log.info("pretraining layer %d of %d: done before, read from %s", i + 1,
+                     len(setup.phases), sub_dir.name)
+        layers[f"hidden_{i}"] = load_arrays(sub_dir / "params.pkl")[f"hidden_{i}"]
+    log.info("fine-tuning the pretrained stack as a classifier")
+    return {"params": layers}
+
+
+def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float) -> dict:
+    """model=knn: memorise the training split (saved as params.pkl: {'train_x' uint8,
+    'train_y'}), classify the val/test splits and write one metrics record and the summary."""
+    model, tc, train = setup.model, setup.train, splits["train"]
+    n, batch = train.n, tc.eval_batch_size
+    features = lambda x: (data_splits.pixels(x) if setup.transform is None
+                          else setup.transform(data_splits.pixels(x))).reshape(x.shape[0], -1)
+    memory_x, memory_y = features(train.x[:n]), train.y[:n]
+    predict = jax.jit(lambda memory_x, memory_y, queries: model.predict(memory_x, memory_y,
+                                                                          features(queries)))
+    log.info("model knn (k %d, metric %s): %d training images memorised; optim, schedule and "
+             "train.epochs do not apply", model.k, model.metric, n)
+    record = {"epoch": 1, "step": 0}
+    t0 = time.perf_counter()
+    for name in ("val", "test"):
+        if name in splits:
+            split, wrong = splits[name], 0
+            for s in range(0, split.x.shape[0], batch):
+                labels = split.y[s:s + batch]
+                wrong += int(jnp.sum((predict(memory_x, memory_y, split.x[s:s + batch]) != labels)
+                                     & (labels >= 0)))
+            record[f"{name}_error"] = wrong / split.n
+    eval_s = time.perf_counter() - t0
+    record["eval_seconds"] = eval_s
+    writer = RunWriter(run_dir)
+    writer.append_metrics(record)
+    writer.save_params("params.pkl", {"train_x": np.asarray(train.x[:n]), "train_y": np.asarray(memory_y)})
+    select = setup.select_key(splits)
+    device = jax.devices()[0]
+    total_s = time.perf_counter() - started_at
+    summary = {"final": record, "best": record, "best_selected_on": select, "epochs": 1,
+               "loop": "none", "n_params": 0,
+               "timings": {"compile_seconds": 0.0, "start_to_first_step_seconds": 0.0,
+                           "total_seconds": total_s, "train_seconds": 0.0, "eval_seconds": eval_s,
+                           "steady_epoch_seconds": 0.0, "steady_examples_per_second": 0.0},
+               "device": {"platform": device.platform, "kind": device.device_kind,
+                          "count": jax.device_count()}, "versions": versions()}
+    writer.save_summary(summary)
+    log.info(format_end(summary))
+    return summary
 
 
 def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints) -> Optional[Start]:
@@ -465,7 +668,7 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
     if finished and (run_dir / "summary.json").is_file():
         return None
     blank = fresh_start(setup)
-    tree = checkpoints.restore_state({"state": blank.state, "acc": epoch_acc(n if n > 1 else None),
+    tree = checkpoints.restore_state({"state": blank.state, "acc": epoch_acc(setup, n if n > 1 else None),
                                       "rng": jax.random.key_data(blank.train_key),
                                       "best_params": blank.best_params})
     position = progress.epoch + progress.step_in_epoch / setup.steps_per_epoch
@@ -475,7 +678,8 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
 
 
 def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
-           checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest) -> dict:
+           checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest,
+           hint_dir: Path) -> dict:
     n, seeds, tc = setup.copies, setup.seeds, setup.train
     writers = ([RunWriter(run_dir)] if n == 1 else
                [RunWriter(run_dir / f"seed_{seed}") for seed in seeds])
@@ -487,15 +691,16 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         log.info("resuming %s from its checkpoint at epoch %d, step %d of %d", run_dir,
                  progress.epoch, progress.step_in_epoch, setup.steps_per_epoch)
     run_epoch, compile_s = make_epoch_runner(setup, splits["train"], train_key)
-    evaluate = make_evaluator(setup.model, tc.eval_batch_size, n)
-    select = "val_error" if "val" in splits else "test_error"
+    evaluate = make_evaluator(setup.model, tc.eval_batch_size, n, setup.transform)
+    select = setup.select_key(splits)
     n_params = count_params(copy_of(state.params, 0, n))
     log.info("model %s (%d params) | optim %s, lr %g, schedule %s | regularizer %s | "
              "%s: %d train / %d val / %d test | loop %s | compile %.2fs%s",
              cfg.model.name, n_params, cfg.optim.name, cfg.optim.lr,
              cfg.schedule.name, ",".join(cfg.get("regularizer") or ["none"]), setup.dataset.name,
              splits["train"].n, splits["val"].n if "val" in splits else 0, splits["test"].n,
-             setup.loop, compile_s, f" | {n} copies (vmap), seeds {seeds[0]}-{seeds[-1]}" if n > 1 else "")
+             setup.loop + (f", full batch ({splits['train'].n} examples per step)" if setup.full_batch else ""),
+             compile_s, f" | {n} copies (vmap), seeds {seeds[0]}-{seeds[-1]}" if n > 1 else "")
     first_step_s = time.perf_counter() - started_at
     ck = setup.checkpoint
     last_save = time.monotonic()
@@ -507,7 +712,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         nonlocal last_save
         step = int(np.asarray(state.step).reshape(-1)[0])
         progress.elapsed_seconds = elapsed_before + time.perf_counter() - started_at
-        tree = {"state": state, "acc": epoch_acc(n if n > 1 else None) if acc is None else acc,
+        tree = {"state": state, "acc": epoch_acc(setup, n if n > 1 else None) if acc is None else acc,
                 "rng": jax.random.key_data(train_key), "best_params": best_params}
         checkpoints.save(step, tree, progress.to_meta(config, step), error)
         progress.elapsed_seconds = elapsed_before
@@ -517,7 +722,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         where = (f"after epoch {epoch - 1}" if done == 0 else
                  f"in epoch {epoch} after step {done} of {setup.steps_per_epoch}")
         return Interrupted(f"dlrun: stopped by {stop.name} {where}; checkpoint and metrics "
-                           f"written. Resume with: dlrun resume={run_dir.resolve()}",
+                           f"written. Resume with: dlrun resume={hint_dir.resolve()}",
                            128 + (stop.signum or 0))
 
     elapsed_before = progress.elapsed_seconds
@@ -534,7 +739,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 raise interrupted(epoch, done)
             t0 = time.perf_counter()
             state, acc, done = run_epoch(state, epoch, acc, done, pause)
-        acc = np.asarray(acc, np.float64).reshape(n, ACC_SIZE)  # host sync: the epoch is done
+        acc = np.asarray(acc, np.float64).reshape(n, setup.acc_size)  # host sync: the epoch is done
         train_s = progress.epoch_seconds + time.perf_counter() - t0
         progress.step_in_epoch, progress.epoch_seconds = 0, 0.0
         try:
@@ -598,6 +803,11 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         summaries.append(summary)
     summary = summaries[0] if n == 1 else summarize_copies(summaries, total_s)
     summary["resumed_at_epochs"] = progress.resumed_at
+    if setup.phases:  # sda/dbn: each pretraining phase's final record, from its own summary
+        summary["pretraining"] = [
+            {"dir": f"pretrain_{i}", "final": json.loads(
+                (run_dir / f"pretrain_{i}" / "summary.json").read_text())["final"]}
+            for i in range(len(setup.phases))]
     RunWriter(run_dir).save_summary(summary)
     log.info(format_end(summary))
     return summary
@@ -651,24 +861,27 @@ def summarize_copies(summaries: list[dict], total_s: float) -> dict:
 
 def measure(setup: Setup, state: TrainState, acc: np.ndarray, train_s: float, evaluate: Callable,
             splits: dict, epoch: int) -> list[dict]:
-    """Each copy's metrics record of a trained epoch (acc: its sums, (copies, ACC_SIZE)),
+    """Each copy's metrics record of a trained epoch (acc: its sums, (copies, acc_size)),
     evaluated on the held-out splits if due; TrainingDiverged under nan_policy=raise."""
     tc, n = setup.train, setup.copies
     step = int(np.asarray(state.step).reshape(-1)[0])
     lr = float(setup.lr_schedule(step - 1))
     scales = setup.lr_scales or (1.0,)
-    records = [{"epoch": epoch, "step": step, "train_loss": ce_sum / seen if seen else float("nan"),
-                "train_error": errors / seen if seen else float("nan"), "lr": lr * scales[i],
-                "nonfinite_steps": int(bad), "epoch_seconds": train_s,
-                "examples_per_second": seen / train_s}
-               for i, (ce_sum, errors, seen, bad, _) in enumerate(acc)]
-    if tc.nan_policy == "raise" and acc[:, 3].any():
-        i = int(np.argmax(acc[:, 3] > 0))
-        first = int(acc[i, 4]) + 1  # 1-based, as the records' step counts
+    names = setup.objective.metrics
+    records = []
+    for i, (seen, bad, _, *sums) in enumerate(acc):
+        record = {"epoch": epoch, "step": step}
+        record.update({f"train_{m}": v / seen if seen else float("nan") for m, v in zip(names, sums)})
+        record.update({"lr": lr * scales[i], "nonfinite_steps": int(bad), "epoch_seconds": train_s,
+                       "examples_per_second": seen / train_s})
+        records.append(record)
+    if tc.nan_policy == "raise" and acc[:, 1].any():
+        i = int(np.argmax(acc[:, 1] > 0))
+        first = int(acc[i, 2]) + 1  # 1-based, as the records' step counts
         copy = f" (copy seed {setup.seeds[i]})" if n > 1 else ""
         raise TrainingDiverged(
             f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or gradients "
-            f"({int(acc[i, 3])} such steps in the epoch, none applied); the run directory keeps "
+            f"({int(acc[i, 1])} such steps in the epoch, none applied); the run directory keeps "
             f"the metrics, best_params.pkl and checkpoints of the epochs before. Lower optim.lr, "
             f"or set train.nan_policy=skip to skip such steps and go on", records)
     if epoch % tc.eval_every == 0 or epoch == tc.epochs:
@@ -676,15 +889,15 @@ def measure(setup: Setup, state: TrainState, acc: np.ndarray, train_s: float, ev
         evals = {}
         for name in ("val", "test"):
             if name in splits:
-                evals[name] = evaluate(state.params, splits[name])
+                evals[name] = evaluate(model_variables(state), splits[name])
         if tc.eval_train:
-            evals["train_eval"] = evaluate(state.params, splits["train"])
+            evals["train_eval"] = evaluate(model_variables(state), splits["train"])
         eval_s = time.perf_counter() - t1
         for i, record in enumerate(records):
             for name, ev in evals.items():
-                if name != "train_eval":
-                    record[f"{name}_loss"] = float(np.reshape(ev["loss"], -1)[i])
-                record[f"{name}_error"] = float(np.reshape(ev["error"], -1)[i])
+                for metric, value in ev.items():
+                    if not (name == "train_eval" and metric == "loss"):
+                        record[f"{name}_{metric}"] = float(np.reshape(value, -1)[i])
             record["eval_seconds"] = eval_s
     return records
 
@@ -700,13 +913,17 @@ class TrainingDiverged(DlrunError):
 
 
 def format_record(r: dict, epochs: int) -> str:
-    """The per-epoch console line; metrics.jsonl has the full record."""
-    parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}",
-             f"train_loss {r['train_loss']:.4g}", f"train_err {100 * r['train_error']:.2f}%"]
-    for key, label in (("train_eval_error", "train_eval_err"), ("val_error", "val_err"),
-                       ("test_error", "test_err")):
-        if key in r:
-            parts.append(f"{label} {100 * r[key]:.2f}%")
+    """The per-epoch console line; metrics.jsonl has the full record. Keys are
+    <split>_<metric>; errors print as percentages ('err'), and a held-out split's loss is left
+    out when it has an error rate."""
+    parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}"]
+    for split in ("train", "train_eval", "val", "test"):
+        for metric in ("loss", "error", "mse", "pseudo_ll"):
+            key = f"{split}_{metric}"
+            if key not in r or (metric == "loss" and split != "train" and f"{split}_error" in r):
+                continue
+            parts.append(f"{split}_err {100 * r[key]:.2f}%" if metric == "error"
+                         else f"{key} {r[key]:.4g}")
     parts += [f"lr {r['lr']:.3g}", f"train {r['epoch_seconds']:.2f}s",
               f"{r['examples_per_second']:,.0f} ex/s"]
     return "  ".join(parts)
@@ -715,14 +932,16 @@ def format_record(r: dict, epochs: int) -> str:
 def format_end(s: dict) -> str:
     """The closing console line: final and best results, and where the time went."""
     final, best, t = s["final"], s["best"], s["timings"]
-    pct = lambda v: f"{100 * v:.2f}%" if v is not None else "n/a"
-    text = f"done: final test_err {pct(final.get('test_error'))}"
+    metric = s["best_selected_on"].split("_", 1)[1]  # error (classifiers) or loss
+    test, label = f"test_{metric}", "test_err" if metric == "error" else f"test_{metric}"
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}%" if metric == "error" else f"{v:.4g}"
+    text = f"done: final {label} {fmt(final.get(test))}"
     if "copies" in s:
-        text = (f"done: {len(s['copies'])} copies, final test_err mean {pct(final.get('test_error'))}"
-                f" (std {pct(s['final_std'].get('test_error'))}); each in seed_<seed>/")
+        text = (f"done: {len(s['copies'])} copies, final {label} mean {fmt(final.get(test))}"
+                f" (std {fmt(s['final_std'].get(test))}); each in seed_<seed>/")
     if best:
-        text += (f", best {s['best_selected_on']} {pct(best.get(s['best_selected_on']))} at epoch "
-                 f"{best['epoch']} (test_err {pct(best.get('test_error'))})")
+        text += (f", best {s['best_selected_on']} {fmt(best.get(s['best_selected_on']))} at epoch "
+                 f"{best['epoch']} ({label} {fmt(best.get(test))})")
     return (text + f" | {t['total_seconds']:.1f}s total: compile {t['compile_seconds']:.1f}s, "
             f"train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s")
 

@@ -1,0 +1,74 @@
+"""Training objectives: what a model's output is scored by.
+
+Every model class names its objective (`objective`, a ClassVar); the training step and the
+evaluator only ever call `per_example` of that objective, so a new kind of model needs no change
+to the loop. An objective turns the model's output for a batch into
+
+  loss     (B,)    what the optimizer minimises (averaged over the batch, plus the penalty)
+  metrics  (K, B)  what is reported, per example; metrics[0] is the reported `loss`
+
+and the loop sums the metrics over each epoch (training batches, in training mode) and over
+each held-out split (eval mode), writing them as `<split>_<metric>` in metrics.jsonl
+(`train_loss`, `val_error`, `test_mse`, ...). `select` is the metric that picks the best epoch,
+drives early stopping and tags the best checkpoint (on the validation split, else the test split).
+"""
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class Objective(NamedTuple):
+    name: str
+    metrics: tuple[str, ...]
+    select: str
+    per_example: Callable  # (model, output, labels) -> (loss (B,), metrics (K, B))
+    percent: tuple[str, ...] = ()  # metrics printed as percentages
+
+
+def _classify(model, logits: jax.Array, y: jax.Array):
+    """Softmax cross-entropy; error = 1 where the arg-max class is not the label (y = -1 rows
+    are padding, weighted 0 by the caller)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
+    wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32)
+    return ce, jnp.stack([ce, wrong])
+
+
+def reconstruction_costs(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per example: (cross-entropy summed over the units, DLT's dA cost
+    -sum(x log z + (1-x) log(1-z)) with z = sigmoid(logits); squared error summed over the units)."""
+    xent = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, target), axis=-1)
+    sq = jnp.sum((jax.nn.sigmoid(logits) - target) ** 2, axis=-1)
+    return xent, sq
+
+
+def _reconstruct(model, out: dict, y: jax.Array):
+    """Autoencoders: out = {'logits': reconstruction before the sigmoid, 'target': the clean
+    input}. loss = the model's `loss` (cross_entropy or squared, summed over the units);
+    mse = mean squared error per unit (comparable across losses and layer sizes)."""
+    xent, sq = reconstruction_costs(out["logits"], out["target"])
+    loss = xent if model.loss == "cross_entropy" else sq
+    return loss, jnp.stack([loss, sq / out["target"].shape[-1]])
+
+
+def _contrastive_divergence(model, out: dict, y: jax.Array):
+    """RBMs: out['surrogate'] = F(v_data) - mean F(v_chain end) (free energies, the chain ends
+    held constant), whose gradient is the CD-k / PCD-k estimate of the log-likelihood gradient.
+    It is not itself a cost, so the reported loss is the mean-field reconstruction
+    cross-entropy (DLT's CD monitor); pseudo_ll is DLT's PCD monitor, the log pseudo-likelihood
+    D * log sigmoid(F(v with one random bit flipped) - F(v)) (higher is better)."""
+    xent, sq = reconstruction_costs(out["logits"], out["target"])
+    return out["surrogate"], jnp.stack([xent, sq / out["target"].shape[-1], out["pseudo_ll"]])
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "classify": Objective("classify", ("loss", "error"), "error", _classify, percent=("error",)),
+    "reconstruct": Objective("reconstruct", ("loss", "mse"), "loss", _reconstruct),
+    "cd": Objective("cd", ("loss", "mse", "pseudo_ll"), "loss", _contrastive_divergence),
+}
+
+
+def of(model) -> Objective:
+    """The objective a model is trained by (classification unless its class says otherwise)."""
+    return OBJECTIVES[getattr(model, "objective", "classify")]
