@@ -12,6 +12,7 @@ from dlrun.io import load_arrays
 from dlrun.registry import build
 from conftest import describe, files_under, run_dirs
 from _config import compose
+from test_plots import png_shape
 
 X = jnp.asarray(np.random.RandomState(0).rand(4, 28, 28, 1), jnp.float32)
 
@@ -107,6 +108,8 @@ def test_denoising_autoencoder_reports_reconstruction_costs(dlrun):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_selected_on"] == "val_loss"
     assert "val_mse" in proc.stdout and "done: final test_loss" in proc.stdout
+    assert png_shape(run_dir / "reconstructions.png") == (2 * 29 * 2 + 2, 10 * 29 * 2 + 2)
+    assert png_shape(run_dir / "filters.png")[0] > 500 and not (run_dir / "confusion_matrix.csv").exists()
 
 
 def test_rbm_pcd_reports_pseudo_likelihood(dlrun):
@@ -114,8 +117,10 @@ def test_rbm_pcd_reports_pseudo_likelihood(dlrun):
                  "model.chains=20", "optim=sgd", "optim.lr=0.1", "train.batch_size=20",
                  "train.epochs=2", "dataset.train_subset=1000")
     assert proc.returncode == 0 and proc.stderr.strip() == "", describe(proc)
-    records = records_of(run_dirs(proc.stdout)[0])
+    run_dir = run_dirs(proc.stdout)[0]
+    records = records_of(run_dir)
     assert {"train_pseudo_ll", "val_pseudo_ll", "test_pseudo_ll", "val_mse"} <= set(records[0])
+    assert png_shape(run_dir / "rbm_samples.png") == (10 * 29 * 2 + 2, 10 * 29 * 2 + 2)
     assert records[1]["val_loss"] < records[0]["val_loss"]
     assert all(r["val_pseudo_ll"] < 0 for r in records)  # a log-probability
 
@@ -162,6 +167,7 @@ def test_knn_from_the_command_line(metric, ceiling, floor, dlrun):
     (run_dir,) = run_dirs(proc.stdout)
     (record,) = records_of(run_dir)
     assert floor <= record["test_error"] < ceiling, record
+    assert png_shape(run_dir / "confusion_matrix.png") and png_shape(run_dir / "test_images.png")
     memory = load_arrays(run_dir / "params.pkl")
     assert memory["train_x"].shape == (3500, 28, 28, 1) and memory["train_y"].shape == (3500,)
 

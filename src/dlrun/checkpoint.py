@@ -38,7 +38,7 @@ from dlrun.registry import require
 log = logging.getLogger("dlrun")
 FORMAT = 1  # version of the checkpoint layout (meta["format"]); bump on incompatible changes
 # Config keys a resumed run may change: the run length, and keys that never change the numbers.
-NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume")
+NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume", "plots")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Dense(nn.Module):
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
     dropconnect_keep: float = 1.0
+    zero_output: bool = False  # the output layer's weights start at zero (the slides' tanh MLP)
     scan_friendly: ClassVar[bool] = True  # dense nets run fastest as a lax.scan over the epoch
 
     @nn.compact
@@ -97,6 +98,8 @@ class Dense(nn.Module):
         for i, units in enumerate(self.hidden):
             x = act(dense(units, name=f"hidden_{i}")(x, train))
             x = nn.Dropout(self.dropout_hidden, deterministic=not train)(x)
+        if self.zero_output:
+            dense = functools.partial(dense, kernel_init=nn.initializers.zeros_init())
         return dense(self.num_classes, name="out")(x, train)
 
 
@@ -260,14 +263,16 @@ def logreg(use_bias: bool = True, init: str = "zeros", init_std: float = 0.01, *
 
 
 def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = True,
-        init: str = "glorot", init_std: float = 0.01, *, num_classes: int, dropout: dict) -> nn.Module:
-    """Fully connected net with `hidden` layer sizes."""
+        init: str = "glorot", init_std: float = 0.01, zero_output: bool = False, *,
+        num_classes: int, dropout: dict) -> nn.Module:
+    """Fully connected net with `hidden` layer sizes; zero_output starts the output layer's
+    weights at zero (the slides' tanh MLP: W_hy = 0)."""
     _check_common(activation, init, init_std)
     require(len(hidden) > 0 and all(h > 0 for h in hidden),
             f"hidden must be a non-empty list of positive sizes (got {list(hidden)})")
     return Dense(tuple(hidden), activation, use_bias, init, init_std, num_classes,
                  dropout_input=dropout.get("input", 0.0), dropout_hidden=dropout.get("hidden", 0.0),
-                 dropconnect_keep=dropout.get("dropconnect_keep", 1.0))
+                 dropconnect_keep=dropout.get("dropconnect_keep", 1.0), zero_output=zero_output)
 
 
 def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List[int] = (2, 0, 0),

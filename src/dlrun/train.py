@@ -41,8 +41,8 @@ NUM_CLASSES = 10
 ACC_HEAD = 3  # per-epoch sums: examples, non-finite steps, first such step; then the objective's metrics
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume", "early_stopping")
-OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping")  # defaults when absent
+                  "resume", "early_stopping", "plots")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle
                  num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4,
                  nan_policy: str = "raise") -> TrainConfig:
     require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
-    require(batch_size >= 1, f"batch_size must be >= 1 (got {batch_size})")
+    require(batch_size >= 0, f"batch_size must be >= 1, or 0 for the whole training split (got {batch_size})")
     require(seed >= 0, f"seed must be >= 0 (got {seed})")
     require(eval_every >= 1, f"eval_every must be >= 1 (got {eval_every})")
     require(eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {eval_batch_size})")
@@ -134,6 +134,8 @@ def build_setup(cfg: DictConfig) -> Setup:
         require(key in cfg or key in OPTIONAL_KEYS, f"the config has no '{key}' node")
     tc = build("train", {"train": train_config}, {"name": "train", **cfg.train})
     ds = build("dataset", data_splits.DATASETS, cfg.dataset)
+    if tc.batch_size == 0:  # full batch: one step per epoch on the whole training split
+        tc = dataclasses.replace(tc, batch_size=ds.sizes()[0], drop_last=False)
     data_splits.check_batch_size(ds, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
     model = build("model", models.MODELS, cfg.model, num_classes=NUM_CLASSES, dropout=reg.dropout)
@@ -514,7 +516,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
             log.info("preprocess %s fitted on the training split: %d input dimensions",
                      setup.transform.name, setup.transform.dims)
         if isinstance(setup.model, models.NearestNeighbours):
-            return fit_knn(setup, run_dir, splits, started_at)
+            return fit_knn(setup, run_dir, splits, started_at, cfg.get("plots", True))
         if start is None:
             if setup.phases:
                 init_from = pretrain(setup, cfg, run_dir, splits, stop, hint_dir or run_dir)
@@ -605,7 +607,7 @@ def pretrain(setup: Setup, cfg: DictConfig, run_dir: Path, splits: dict, stop: S
     return {"params": layers}
 
 
-def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float) -> dict:
+def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float, draw: bool) -> dict:
     """model=knn: memorise the training split (saved as params.pkl: {'train_x' uint8,
     'train_y'}), classify the val/test splits and write one metrics record and the summary."""
     model, tc, train = setup.model, setup.train, splits["train"]
@@ -621,12 +623,10 @@ def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float) -> dic
     t0 = time.perf_counter()
     for name in ("val", "test"):
         if name in splits:
-            split, wrong = splits[name], 0
-            for s in range(0, split.x.shape[0], batch):
-                labels = split.y[s:s + batch]
-                wrong += int(jnp.sum((predict(memory_x, memory_y, split.x[s:s + batch]) != labels)
-                                     & (labels >= 0)))
-            record[f"{name}_error"] = wrong / split.n
+            split = splits[name]
+            predicted = np.concatenate([np.asarray(predict(memory_x, memory_y, split.x[s:s + batch]))
+                                        for s in range(0, split.x.shape[0], batch)])[:split.n]
+            record[f"{name}_error"] = float(np.mean(predicted != np.asarray(split.y[:split.n])))
     eval_s = time.perf_counter() - t0
     record["eval_seconds"] = eval_s
     writer = RunWriter(run_dir)
@@ -643,6 +643,13 @@ def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float) -> dic
                "device": {"platform": device.platform, "kind": device.device_kind,
                           "count": jax.device_count()}, "versions": versions()}
     writer.save_summary(summary)
+    if draw:  # predicted holds the test split's predictions
+        from dlrun import plots
+        test = splits["test"]
+        names = plots.write_all(run_dir, "classify", [], "error", {},
+                                np.asarray(test.x[:test.n, ..., 0], np.float32) / 255.0,
+                                np.asarray(test.y[:test.n]), predict=lambda x: predicted)
+        log.info("pictures: %s", ", ".join(names))
     log.info(format_end(summary))
     return summary
 
@@ -809,8 +816,45 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 (run_dir / f"pretrain_{i}" / "summary.json").read_text())["final"]}
             for i in range(len(setup.phases))]
     RunWriter(run_dir).save_summary(summary)
+    if cfg.get("plots", True):
+        for i, writer in enumerate(writers):
+            pictures(setup, writer.dir, progress.history[i],
+                     {"params": copy_of(state.params, i, n), **copy_of(state.extra, i, n)},
+                     splits["test"], tc.seed + i)
     log.info(format_end(summary))
     return summary
+
+
+def pictures(setup: Setup, run_dir: Path, history: list[dict], variables: dict,
+             test: data_splits.Split, seed: int) -> None:
+    """The run's pictures (dlrun.plots), from its final variables and the test split."""
+    from dlrun import plots
+    t0 = time.perf_counter()
+    model, transform = setup.model, setup.transform
+    images = np.asarray(test.x[:test.n, ..., 0], np.float32) / 255.0
+    labels = np.asarray(test.y[:test.n])
+    predict = reconstruct = gibbs = None
+    if isinstance(model, models.NearestNeighbours):
+        pass  # fit_knn passes its own predictions
+    elif setup.objective.name == "classify":
+        apply = jax.jit(lambda v, x: jnp.argmax(model.apply(
+            v, x if transform is None else transform(x), train=False), -1))
+        batch = setup.train.eval_batch_size
+        predict = lambda x: np.concatenate([np.asarray(apply(variables, jnp.asarray(x[s:s + batch, ..., None])))
+                                            for s in range(0, len(x), batch)])
+    elif not getattr(model, "below", ()):  # a first layer: its input and output are pixels
+        out = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x, train=False)["logits"]))
+        reconstruct = lambda x: np.asarray(out(variables, jnp.asarray(x[..., None])))
+        if setup.objective.name == "cd":
+            gibbs = plots.rbm_gibbs(variables["params"], jax.random.key(seed))
+    try:
+        names = plots.write_all(run_dir, setup.objective.name, history, setup.objective.select,
+                                jax.device_get(variables["params"]), images, labels, predict,
+                                reconstruct, gibbs, transform.pixel_space if transform else None)
+    except (OSError, ValueError, RuntimeError) as exc:  # the run itself is complete and saved
+        log.warning("warning: could not draw the run's pictures: %s", exc)
+        return
+    log.info("pictures (%.1fs): %s", time.perf_counter() - t0, ", ".join(names))
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
