@@ -44,3 +44,31 @@ def test_seed_convnet_reaches_its_floor(dlrun):
     assert records[0]["test_error"] <= 0.40
     assert summary["final"]["test_error"] <= 0.22
     assert summary["final"]["train_loss"] < records[0]["train_loss"]
+
+
+def test_lenet_reaches_its_floor(dlrun):
+    summary, records = run_and_read(dlrun, "+experiment=dlt_lenet", "train.epochs=2", "plots=false",
+                                    timeout=900)
+    assert len(records) == 2
+    # measured: epoch 1 test error 0.2706, epoch 2 0.2200
+    assert summary["final"]["test_error"] <= 0.27
+
+
+def test_stacked_denoising_autoencoder_reaches_its_floor(dlrun):
+    """Both phases on real data: two 500-unit layers pretrained one epoch each, then fine-tuned."""
+    summary, records = run_and_read(dlrun, "+experiment=dlt_sda", "model.hidden=[500,500]",
+                                    "model.corruption=[0.1,0.2]", "model.pretrain_epochs=1",
+                                    "train.batch_size=20", "train.epochs=2", "plots=false",
+                                    timeout=900)
+    assert [p["dir"] for p in summary["pretraining"]] == ["pretrain_0", "pretrain_1"]
+    # measured: pretraining test reconstruction cross-entropy 260.1 and 186.7;
+    # fine-tuning test error epoch 1 0.2103, epoch 2 0.1464
+    assert all(p["final"]["test_loss"] < 300 for p in summary["pretraining"])
+    assert summary["final"]["test_error"] <= 0.19
+
+
+def test_lstm_reaches_its_floor(dlrun):
+    summary, records = run_and_read(dlrun, "+experiment=seq_lstm", "train.epochs=2", "plots=false",
+                                    timeout=900)
+    # measured: epoch 1 test error 0.1858, epoch 2 0.1578
+    assert summary["final"]["test_error"] <= 0.20

@@ -205,6 +205,11 @@ def unknown_key(key: str) -> str:
         name = key.split(".")[1]
         return (f"{key}: regularizer '{name}' is not selected; select it first, "
                 f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
+    owners = key_owners().get(key)
+    if owners:  # a key of another option of the group, e.g. model.pretrain_epochs with model=mlp
+        group = key.split(".")[0]
+        return (f"{key} is not a setting of the {group} chosen; it is a setting of {group}="
+                f"{', '.join(owners)}: choose one first, e.g. {group}={owners[0]} {key}=...")
     known = known_keys()
     last = key.rsplit(".", 1)[-1]
     guesses = [k for k in known if k.rsplit(".", 1)[-1] == last and k != key]
@@ -215,6 +220,20 @@ def unknown_key(key: str) -> str:
     hint = f"; did you mean {' or '.join(guesses[:3])}?" if guesses else ""
     return (f"{key} is not a setting of this config{hint} "
             f"(`dlrun --cfg job` prints the valid keys, `dlrun --help` the groups)")
+
+
+def key_owners() -> dict[str, list[str]]:
+    """group.key -> the options of the group whose config file has that key."""
+    conf = importlib.resources.files("dlrun.conf")
+    owners: dict[str, list[str]] = {}
+    for group in conf.iterdir():
+        if group.is_dir() and group.name not in ("hydra", "experiment", "__pycache__", "regularizer"):
+            for option in sorted(group.iterdir(), key=lambda p: p.name):
+                if option.name.endswith(".yaml"):
+                    for k in yaml.safe_load(option.read_text()) or {}:
+                        if k != "name":
+                            owners.setdefault(f"{group.name}.{k}", []).append(option.name[:-5])
+    return owners
 
 
 def known_keys() -> list[str]:
