@@ -76,3 +76,11 @@ def test_recurrent_models_read_the_rows_in_order(model):
 def test_train_lrs_is_refused_for_rprop():
     with pytest.raises(train.ConfigError, match="rprop"):
         train.build_setup(compose("optim=rprop", "train.num_seeds=2", "train.lrs=[0.1,0.01]"))
+
+
+def test_batch_size_zero_is_full_batch_and_line_search_methods_take_one_step_per_epoch():
+    for overrides in (["train.batch_size=0"], ["optim=lbfgs"], ["optim=cg", "train.batch_size=64"]):
+        setup = train.build_setup(compose("model=logreg", *overrides))
+        assert setup.train.batch_size == 3500 and setup.steps_per_epoch == 1, overrides
+    assert train.build_setup(compose("optim=lbfgs")).full_batch
+    assert not train.build_setup(compose("train.batch_size=0")).full_batch

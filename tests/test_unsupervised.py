@@ -179,6 +179,7 @@ def test_knn_from_the_command_line(metric, ceiling, floor, dlrun):
     (["model=sda", "model.corruption=[0.1]"], "corruption needs one level"),
     (["model=sda", "train.num_seeds=2"], "pretrains layer by layer"),
     (["model=knn", "model.metric=cosine"], "metric must be l2 or seed"),
+    (["model=knn", "early_stopping=patience"], "has no training"),
 ])
 def test_bad_combinations_are_refused_in_one_line(args, fragment, dlrun, tmp_path):
     proc = dlrun(*args)

@@ -190,6 +190,9 @@ def build_setup(cfg: DictConfig) -> Setup:
                 "longer an image: use it with logreg, mlp or knn, or use zca (image-shaped)")
     require(not (ds.augment and knn), "dataset.augment does not apply to knn, which has no "
                                       "training steps")
+    require(not knn or (tc.num_seeds == 1 and stopper is None),
+            "model=knn has no training: train.num_seeds and early_stopping do not apply to it "
+            "(knn is deterministic; compare k with -m model.k=1,3,5)")
     require(not phases or tc.num_seeds == 1,
             f"model={node['name']} pretrains layer by layer; train.num_seeds > 1 is not supported "
             f"for it (sweep train.seed with -m instead)")
