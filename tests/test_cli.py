@@ -310,7 +310,7 @@ def test_sweep_whose_jobs_all_fail_leaves_nothing(dlrun, tmp_path):
     assert proc.returncode == 2, describe(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert [line.split(" (")[0] for line in lines] == ["dlrun: error: job 0", "dlrun: error: job 1"]
-    assert "sweep summary" not in proc.stdout + proc.stderr
+    assert "sweep report" not in proc.stdout + proc.stderr
     assert files_under(tmp_path / "outputs") == []
 
 
@@ -328,12 +328,13 @@ def sweep_dirs(tmp_path: Path) -> list[Path]:
     return found
 
 
-def read_summary_csv(sweep_dir: Path) -> list[dict]:
-    with open(sweep_dir / "summary.csv", newline="") as f:
+def read_runs_csv(sweep_dir: Path) -> list[dict]:
+    """The sweep report's run table (dlrun.report), one row per job."""
+    with open(sweep_dir / "runs.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_sweep_runs_every_job_and_writes_summary(dlrun, tmp_path):
+def test_sweep_runs_every_job_and_writes_report(dlrun, tmp_path):
     proc = dlrun("-m", "optim=sgd,rmsprop", *TINY)
     assert proc.returncode == 0, describe(proc)
     assert proc.stderr.strip() == "", describe(proc)
@@ -344,18 +345,15 @@ def test_sweep_runs_every_job_and_writes_summary(dlrun, tmp_path):
         assert summary["epochs"] == 1
         assert resolved_config(sweep / job)["optim"]["name"] == optim
 
-    rows = read_summary_csv(sweep)
+    rows = read_runs_csv(sweep)
     assert len(rows) == 2
-    assert {r["job"]: r["overrides"].split()[0] for r in rows} == {"0": "optim=sgd",
-                                                                     "1": "optim=rmsprop"}
+    assert {r["run"]: r["config"] for r in rows} == {"0": "optim=sgd", "1": "optim=rmsprop"}
     assert all(r["status"] == "done" and r["epochs"] == "1" for r in rows)
-    assert all(0.0 <= float(r["val_error"]) <= 1.0 for r in rows)
-    md = (sweep / "summary.md").read_text().splitlines()
-    data = [line for line in md[2:] if line.startswith("|")]
-    assert md[0].startswith("| job |") and len(data) == 2
+    assert all(0.0 <= float(r["final_val"]) <= 1.0 for r in rows)
+    assert "sweep report (2 configuration(s)" in proc.stdout
+    md = (sweep / "report.md").read_text()
     for optim in ("optim=sgd", "optim=rmsprop"):
-        (row,) = [line for line in data if optim + " " in line]
-        assert "| done |" in row
+        assert f"| {optim} | 1 | 1 done |" in md
 
 
 def test_sweep_with_bad_job_keeps_good_job_and_exits_2(dlrun, tmp_path):
@@ -371,11 +369,8 @@ def test_sweep_with_bad_job_keeps_good_job_and_exits_2(dlrun, tmp_path):
     for name in (".hydra/config.yaml", "metrics.jsonl", "params.pkl", "best_params.pkl",
                  "summary.json", "dlrun.log"):
         assert (good / name).is_file(), name
-    rows = read_summary_csv(sweep)
-    assert [(r["job"], r["status"]) for r in rows] == [("0", "done")]
-    assert rows[0]["overrides"].startswith("optim.lr=0.01")
-    assert len([line for line in (sweep / "summary.md").read_text().splitlines()[2:]
-                if line.startswith("|")]) == 1
+    rows = read_runs_csv(sweep)
+    assert [(r["run"], r["status"]) for r in rows] == [("0", "done")]
 
 
 def test_sweep_whose_first_job_is_bad_keeps_multirun_yaml(dlrun, tmp_path):
@@ -386,7 +381,7 @@ def test_sweep_whose_first_job_is_bad_keeps_multirun_yaml(dlrun, tmp_path):
     (sweep,) = sweep_dirs(tmp_path)
     assert not (sweep / "0").exists()
     assert (sweep / "1" / "summary.json").is_file()
-    assert [(r["job"], r["status"]) for r in read_summary_csv(sweep)] == [("1", "done")]
+    assert [(r["run"], r["status"]) for r in read_runs_csv(sweep)] == [("1", "done")]
     assert (sweep / "multirun.yaml").is_file()  # fails: removed with the sweep directory
 
 

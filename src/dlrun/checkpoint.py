@@ -170,7 +170,8 @@ class Progress:
     history: list = field(default_factory=list)
     best: list = field(default_factory=list)
     resumed_at: list = field(default_factory=list)  # epochs (with fractions) resumed from
-    stopped_early: Optional[int] = None  # the epoch early stopping ended the run at
+    stopped_early: Optional[int] = None  # the epoch early stopping (or pruning) ended the run at
+    pruned: Optional[dict] = None  # pruning's verdict (dlrun.pruning.Pruner), if it stopped the run
 
     def __post_init__(self):
         self.history = self.history or [[] for _ in range(self.copies)]
@@ -181,13 +182,13 @@ class Progress:
                 "step": step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "epoch_seconds": self.epoch_seconds, "elapsed_seconds": self.elapsed_seconds,
                 "history": self.history, "best": self.best, "resumed_at": self.resumed_at,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "pruned": self.pruned}
 
     @classmethod
     def from_meta(cls, meta: dict, copies: int) -> "Progress":
         return cls(copies, meta["epoch"], meta["step_in_epoch"], meta["epoch_seconds"],
                    meta["elapsed_seconds"], meta["history"], meta["best"], meta["resumed_at"],
-                   meta.get("stopped_early"))
+                   meta.get("stopped_early"), meta.get("pruned"))
 
 
 # ---- Orbax -----------------------------------------------------------------------------------

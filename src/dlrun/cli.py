@@ -55,11 +55,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         target, cfg = resolve_resume(cfg, hc)
         if target is not None:
-            adopt_run_dir(target, workdir)
+            adopt_run_dir(target, workdir, link=multirun)
         run_dir = target or workdir
         summary = train_and_evaluate(cfg, str(run_dir), started_at=STARTED_AT,
                                      resume=target is not None, stop=_STOP,
-                                     on_start=lambda: log.info("run dir: %s", run_dir.resolve()))
+                                     on_start=lambda: log.info("run dir: %s", run_dir.resolve()),
+                                     peers_dir=workdir.parent if multirun else None)
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
         if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
@@ -128,9 +129,11 @@ def runs_root(hc) -> Path:
     return Path(fixed if fixed.endswith("/") or "/" not in fixed else fixed.rsplit("/", 1)[0] or ".")
 
 
-def adopt_run_dir(target: Path, workdir: Path) -> None:
+def adopt_run_dir(target: Path, workdir: Path, link: bool = False) -> None:
     """Continue in `target`: the log file goes on in target/dlrun.log, and the directory Hydra
-    made for this invocation is removed."""
+    made for this invocation is removed. link=True (a job of a resumed sweep): it is replaced by
+    a relative symlink to `target`, so the new sweep directory lists every job of the sweep,
+    finished before or now, and its report covers them all."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler):
@@ -142,7 +145,11 @@ def adopt_run_dir(target: Path, workdir: Path) -> None:
             handler.close()
             root.addHandler(moved)
     shutil.rmtree(workdir, ignore_errors=True)
-    remove_empty_parents(workdir.parent)
+    if link:
+        workdir.symlink_to(os.path.relpath(target.resolve(), workdir.parent.resolve()),
+                           target_is_directory=True)
+    else:
+        remove_empty_parents(workdir.parent)
 
 
 def discard_run_dir(workdir: Path) -> None:
@@ -150,6 +157,8 @@ def discard_run_dir(workdir: Path) -> None:
     for handler in logging.getLogger().handlers:  # close the run's log file before removing it
         if isinstance(handler, logging.FileHandler):
             handler.close()
+    if workdir.is_symlink():  # a resumed sweep's link to an earlier run: only the link goes
+        workdir.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
     remove_empty_parents(workdir.parent)
 

@@ -27,7 +27,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import (__version__, datasets, early_stopping, models, objectives, preprocess,
-                   splits as data_splits, optim, regularizers)
+                   pruning, splits as data_splits, optim, regularizers)
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
 from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
@@ -41,8 +41,8 @@ NUM_CLASSES = 10
 ACC_HEAD = 3  # per-epoch sums: examples, non-finite steps, first such step; then the objective's metrics
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume", "early_stopping", "plots")
-OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots")  # defaults when absent
+                  "resume", "early_stopping", "plots", "prune")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,12 @@ def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle
     require(eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {eval_batch_size})")
     require(loop in ("auto", "step", "scan"), f"loop must be auto, step or scan (got '{loop}')")
     require(num_seeds >= 1, f"num_seeds must be >= 1 (got {num_seeds})")
-    require(not lrs or len(lrs) == num_seeds,
-            f"lrs needs one learning rate per copy (train.num_seeds={num_seeds}), got {len(lrs)}; "
-            f"e.g. train.num_seeds={len(lrs)}, or lrs=[] to use optim.lr for all")
+    if lrs and num_seeds % len(lrs):
+        raise ConfigError(
+            f"train.lrs gives {len(lrs)} learning rates for train.num_seeds={num_seeds} copies; "
+            f"num_seeds must be a multiple of it (copy i trains at lrs[i % {len(lrs)}]), e.g. "
+            f"train.num_seeds={len(lrs) * max(1, num_seeds // len(lrs))}, or lrs=[] to use "
+            f"optim.lr for all")
     require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
     require(scan_unroll >= 1, f"scan_unroll must be >= 1 (got {scan_unroll})")
     require(nan_policy in ("raise", "skip"), f"nan_policy must be raise or skip (got '{nan_policy}')")
@@ -107,6 +110,7 @@ class Setup:
     phases: tuple = ()  # sda/dbn: the model config of each greedy pretraining phase
     full_batch: bool = False  # optim is a full-batch method (lbfgs, cg): one step per epoch
     transform: Optional[preprocess.Transform] = None  # dataset.preprocess, fitted on the data
+    prune: Optional[pruning.PruneConfig] = None  # sweeps: dlrun's median rule (None: off)
 
     @property
     def copies(self) -> int:
@@ -169,7 +173,9 @@ def build_setup(cfg: DictConfig) -> Setup:
         require(not tc.lrs or cfg.optim.name != "rprop",
                 "train.lrs cannot scale rprop (its step sizes adapt and are clipped on their own "
                 "scale); sweep optim.lr with -m instead")
-        scales = tuple(x / lr for x in tc.lrs) if tc.lrs else (1.0,) * tc.num_seeds
+        # copy i: seed train.seed + i at lrs[i % len(lrs)] (a seeds x learning rates grid)
+        scales = (tuple(tc.lrs[i % len(tc.lrs)] / lr for i in range(tc.num_seeds)) if tc.lrs
+                  else (1.0,) * tc.num_seeds)
     ck = build("checkpoint", {"checkpoint": checkpoint_config},
                {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
     stopper = build("early_stopping", early_stopping.STOPPERS,
@@ -196,8 +202,13 @@ def build_setup(cfg: DictConfig) -> Setup:
     require(not phases or tc.num_seeds == 1,
             f"model={node['name']} pretrains layer by layer; train.num_seeds > 1 is not supported "
             f"for it (sweep train.seed with -m instead)")
+    prune = build("prune", {"prune": pruning.prune_config},
+                  {"name": "prune", **(cfg.get("prune") or {})})
+    require(not prune.enabled or (tc.num_seeds == 1 and not knn),
+            "prune.enabled=true prunes whole trials; it does not apply to train.num_seeds > 1 "
+            "copies or to knn (no epochs)")
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper,
-                 objectives.of(model), phases, full_batch)
+                 objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -459,7 +470,8 @@ def make_evaluator(model: nn.Module, batch: int, copies: int = 1,
 def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float] = None,
                        on_start: Callable[[], None] = lambda: None, resume: bool = False,
                        stop: Optional[StopRequest] = None, init_from: Optional[dict] = None,
-                       hint_dir: Optional[Path] = None, splits: Optional[dict] = None) -> dict:
+                       hint_dir: Optional[Path] = None, splits: Optional[dict] = None,
+                       peers_dir: Optional[Path] = None) -> dict:
     """Train the configured model, writing metrics, checkpoints and parameters into `workdir`.
 
     Validates the config and loads the data first (DlrunError before anything is written),
@@ -474,11 +486,15 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     variables (the pretrained layers of sda/dbn); sda/dbn run their pretraining phases first, as
     runs of their own in workdir/pretrain_<i>/ (see `pretrain`). hint_dir is the directory a
     stop message tells the user to resume (the top-level run's, for a phase); splits: data
-    already loaded by the caller.
+    already loaded by the caller. peers_dir: the sweep directory whose finished trials
+    prune.enabled compares this run with (dlrun.pruning; the CLI passes it in a multirun).
     """
     started_at = started_at or time.perf_counter()
     stop = stop or StopRequest()
     setup = build_setup(cfg)
+    if setup.prune is not None and peers_dir is None:
+        raise ConfigError("prune.enabled=true compares the trials of a sweep: run it with -m "
+                          "(dlrun -m ... prune.enabled=true)")
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(workdir)
     if resume:
@@ -526,7 +542,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
             checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
             start = fresh_start(setup, init_from)
         return _train(setup, cfg, config, run_dir, splits, checkpoints, started_at, start, stop,
-                      hint_dir or run_dir)
+                      hint_dir or run_dir, peers_dir)
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -577,7 +593,7 @@ def phase_config(cfg: DictConfig, model_node: dict, settings: dict) -> DictConfi
     sub = OmegaConf.to_container(cfg, resolve=True)
     sub.update(model=model_node, optim={"name": "sgd", "lr": settings["pretrain_lr"]},
                schedule={"name": "constant"}, regularizer={}, early_stopping={"name": "none"},
-               resume=False)
+               resume=False, prune={"enabled": False})
     sub["train"] = {**sub["train"], "epochs": settings["pretrain_epochs"], "num_seeds": 1, "lrs": [],
                     "batch_size": settings["pretrain_batch_size"], "eval_train": False}
     return OmegaConf.create(sub)
@@ -689,7 +705,7 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
 
 def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
            checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest,
-           hint_dir: Path) -> dict:
+           hint_dir: Path, peers_dir: Optional[Path] = None) -> dict:
     n, seeds, tc = setup.copies, setup.seeds, setup.train
     writers = ([RunWriter(run_dir)] if n == 1 else
                [RunWriter(run_dir / f"seed_{seed}") for seed in seeds])
@@ -776,8 +792,17 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 progress.best[i] = record
                 best_params = set_copy(best_params, i, n, copy_of(state.params, i, n))
         progress.epoch = epoch
-        if setup.stopper is not None and all(setup.stopper(evaluated(h, select))
-                                             for h in progress.history):
+        if setup.prune is not None and progress.stopped_early is None:
+            own = [(e, v) for e, _, v in evaluated(progress.history[0], select)]
+            found = pruning.verdict(own, pruning.finished_trials(peers_dir, run_dir, select),
+                                    epoch, setup.prune)
+            if found is not None:
+                progress.stopped_early, progress.pruned = epoch, found
+                log.info("pruned after epoch %d: best %s so far %.4g is worse than the median "
+                         "%.4g of %d finished trial(s) at this epoch", epoch, select,
+                         found["value"], found["median"], found["trials"])
+        if setup.stopper is not None and progress.stopped_early is None and all(
+                setup.stopper(evaluated(h, select)) for h in progress.history):
             progress.stopped_early = epoch
             log.info("early stopping (%s) after epoch %d; restoring the parameters of the best "
                      "epoch", cfg.early_stopping.name, epoch)
@@ -802,11 +827,14 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                                first_step_s, total_s, n_params)
         if setup.stopper is not None:  # the run's parameters are the best epoch's
             summary["early_stopping"] = {
-                "method": cfg.early_stopping.name, "stopped_at_epoch": progress.stopped_early,
+                "method": cfg.early_stopping.name,
+                "stopped_at_epoch": None if progress.pruned else progress.stopped_early,
                 "restored_epoch": progress.best[i]["epoch"] if restore_best else None}
             if restore_best:
                 summary["last"], summary["final"] = summary["final"], progress.best[i]
         summary["resumed_at_epochs"] = progress.resumed_at
+        if progress.pruned:
+            summary["pruned"] = progress.pruned
         if n > 1:
             summary.update(seed=seeds[i], lr=float(cfg.optim.lr) * setup.lr_scales[i])
             writers[i].save_summary(summary)
