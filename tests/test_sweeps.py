@@ -173,7 +173,8 @@ def test_pruning_stops_trials_worse_than_the_finished_median(tmp_path):
     assert bad["pruned"]["value"] > bad["pruned"]["median"] == pytest.approx(
         json.loads((sweep / "0" / "metrics.jsonl").read_text().splitlines()[0])["val_error"])
     assert len((sweep / "1" / "metrics.jsonl").read_text().splitlines()) == 1
-    assert "pruned after epoch 1" in proc.stdout
+    assert "pruned after epoch 1: best val_error so far" in proc.stdout
+    assert "done (pruned after epoch 1): final test_err" in proc.stdout
     runs = {r["run"]: r["status"] for r in read_csv(sweep / "runs.csv")}
     assert runs == {"0": "done", "1": "pruned@1"}
     assert "| 1 pruned |" in (sweep / "report.md").read_text()

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from dlrun import __version__  # noqa: E402
+from dlrun import launch_env  # noqa: E402
 from dlrun.allocator import keep_freed_memory  # noqa: E402
 from dlrun.errors import ConfigError, DlrunError, Interrupted  # noqa: E402
 from dlrun.signals import StopRequest  # noqa: E402
@@ -47,6 +48,7 @@ OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
 @hydra.main(config_path="pkg://dlrun.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    launch_env.configure_job(HydraConfig.get())  # a parallel job's CPUs and GPU, before JAX
     from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
 
     hc = HydraConfig.get()
@@ -54,7 +56,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         target, cfg = resolve_resume(cfg, hc)
-        if target is not None:
+        if target is not None and target.resolve() != workdir.resolve():  # not a requeued job
             adopt_run_dir(target, workdir, link=multirun)
         run_dir = target or workdir
         summary = train_and_evaluate(cfg, str(run_dir), started_at=STARTED_AT,
@@ -69,6 +71,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
         _USER_ERRORS.append(job + str(exc))
+        launch_env.forward_error(job + str(exc), hc)  # a job in another process (joblib...)
         return None
     log.info("run dir: %s", run_dir.resolve())
     value = summary["final"].get(summary["best_selected_on"])  # the sweep's objective (Optuna)
@@ -161,6 +164,13 @@ def discard_run_dir(workdir: Path) -> None:
         workdir.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
     remove_empty_parents(workdir.parent)
+
+
+def collect_job_errors() -> list[str]:
+    """The error lines of jobs that ran in other processes (launch_env.forward_error)."""
+    from dlrun.sweep import STARTED_SWEEPS
+
+    return launch_env.collect_errors(STARTED_SWEEPS)
 
 
 def discard_failed_sweeps() -> None:
@@ -269,6 +279,8 @@ def main() -> None:
         print(f"dlrun {__version__} (hydra-core {hydra.__version__})")
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    os.environ[launch_env.MAIN_PID_VAR] = str(os.getpid())  # jobs in other processes see it
+    sys.argv[1:] = launch_env.default_overrides(sys.argv[1:])  # joblib on GPUs: 1 job per GPU
     keep_freed_memory()  # before XLA starts its threads: see allocator.py (1.6x on the convnet)
     exit_code = 0
     with _STOP:
@@ -287,6 +299,7 @@ def main() -> None:
             if debug:
                 raise
             _USER_ERRORS.append(os_error_line(exc))
+    _USER_ERRORS.extend(collect_job_errors())
     discard_failed_sweeps()
     for line in _USER_ERRORS:
         print(f"dlrun: error: {line}", file=sys.stderr)

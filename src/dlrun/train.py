@@ -14,8 +14,10 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional
 
@@ -26,8 +28,8 @@ import numpy as np
 import optax
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import (__version__, datasets, early_stopping, models, objectives, preprocess,
-                   pruning, splits as data_splits, optim, regularizers)
+from dlrun import (__version__, datasets, distributed, early_stopping, models, objectives,
+                   preprocess, pruning, splits as data_splits, optim, regularizers)
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
 from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
@@ -41,8 +43,8 @@ NUM_CLASSES = 10
 ACC_HEAD = 3  # per-epoch sums: examples, non-finite steps, first such step; then the objective's metrics
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume", "early_stopping", "plots", "prune")
-OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune")  # defaults when absent
+                  "resume", "early_stopping", "plots", "prune", "dist")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Setup:
     full_batch: bool = False  # optim is a full-batch method (lbfgs, cg): one step per epoch
     transform: Optional[preprocess.Transform] = None  # dataset.preprocess, fitted on the data
     prune: Optional[pruning.PruneConfig] = None  # sweeps: dlrun's median rule (None: off)
+    mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its devices (dlrun.distributed)
 
     @property
     def copies(self) -> int:
@@ -207,8 +210,18 @@ def build_setup(cfg: DictConfig) -> Setup:
     require(not prune.enabled or (tc.num_seeds == 1 and not knn),
             "prune.enabled=true prunes whole trials; it does not apply to train.num_seeds > 1 "
             "copies or to knn (no epochs)")
+    dist = distributed.parse(cfg.get("dist"))
+    distributed.initialize(dist)  # multi-process: before anything below touches the backend
+    many = distributed.processes() > 1
+    require(not many or not (phases or knn or prune.enabled),
+            f"dist.enabled=true (several processes) supports models trained in one run; not "
+            f"model={node['name']} (pretraining phases or knn) or prune.enabled=true")
+    mesh = None if knn else distributed.make_mesh(
+        dist, tc.batch_size, "the full batch (the training split)" if full_batch
+        and cfg.train.batch_size != 0 else "train.batch_size")
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper,
-                 objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None)
+                 objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None,
+                 mesh=mesh)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -376,14 +389,24 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
 
     fn = scan_epoch if setup.loop == "scan" else one_step
     t0 = time.perf_counter()
+    mesh, x, y = setup.mesh, split.x, split.y
+    jit = partial(jax.jit, donate_argnums=(0, 1))
+    if mesh is not None:  # data parallel: batch rows split along `data`, all else replicated
+        x, y, dropout_key = distributed.replicate(mesh, (x, y, dropout_key))
+        local_order = order_fn
+        order_fn = lambda e: distributed.shard_batch(mesh, local_order(e))  # noqa: E731
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        batch = distributed.batch_sharding(mesh, 3 if batched else 2)
+        jit = partial(jit, in_shardings=(rep, rep, rep, rep, batch, batch, rep)
+                      + ((rep,) if setup.loop == "step" else ()), out_shardings=rep)
     idx0, w0 = order_fn(0)
     key0 = jax.random.key(0)
     state0 = jax.eval_shape(lambda: init_states(setup, jax.random.split(key0, setup.copies)
                                                 if batched else key0))
-    args = [state0, epoch_acc(setup, setup.copies if batched else None), split.x, split.y, idx0, w0, dropout_key]
+    args = [state0, epoch_acc(setup, setup.copies if batched else None), x, y, idx0, w0, dropout_key]
     if setup.loop == "step":
         args.append(np.int32(0))
-    compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(*args).compile()
+    compiled = jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
 
     def run_epoch(state: TrainState, epoch: int, acc=None, start: int = 0,
@@ -394,14 +417,16 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
         idx, w = order_fn(epoch)
         acc = epoch_acc(setup, setup.copies if batched else None) if acc is None else acc
         steps = idx.shape[0]
+        if mesh is not None:  # the state is a local array between calls (distributed.local)
+            state, acc = distributed.replicate(mesh, (state, acc))
         if setup.loop == "scan":
             assert start == 0, "loop=scan checkpoints only at epoch ends"
-            return (*compiled(state, acc, split.x, split.y, idx, w, dropout_key), steps)
+            return (*distributed.local(compiled(state, acc, x, y, idx, w, dropout_key)), steps)
         for i in range(start, steps):
-            state, acc = compiled(state, acc, split.x, split.y, idx, w, dropout_key, np.int32(i))
+            state, acc = compiled(state, acc, x, y, idx, w, dropout_key, np.int32(i))
             if pause is not None and i + 1 < steps and pause():
-                return state, acc, i + 1
-        return state, acc, steps
+                return (*distributed.local((state, acc)), i + 1)
+        return (*distributed.local((state, acc)), steps)
 
     return run_epoch, compile_s
 
@@ -1014,6 +1039,8 @@ def format_end(s: dict) -> str:
     if "copies" in s:
         text = (f"done: {len(s['copies'])} copies, final {label} mean {fmt(final.get(test))}"
                 f" (std {fmt(s['final_std'].get(test))}); each in seed_<seed>/")
+    if s.get("pruned"):
+        text = text.replace("done:", f"done (pruned after epoch {s['pruned']['epoch']}):", 1)
     if best:
         text += (f", best {s['best_selected_on']} {fmt(best.get(s['best_selected_on']))} at epoch "
                  f"{best['epoch']} ({label} {fmt(best.get(test))})")
