@@ -313,6 +313,7 @@ def quietly(fn: Callable[[], Any]) -> Any:
     import sys
     import threading
     import time
+    import warnings
 
     hooks = sys.unraisablehook, sys.excepthook, threading.excepthook
     sys.unraisablehook = sys.excepthook = threading.excepthook = lambda *_: None
@@ -327,7 +328,9 @@ def quietly(fn: Callable[[], Any]) -> Any:
         # coroutines they hold can be collected here, with the hooks still muted.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception never retrieved"
         time.sleep(0.2)
-        gc.collect()
+        with warnings.catch_warnings():  # "coroutine ... was never awaited" (RuntimeWarning)
+            warnings.simplefilter("ignore")
+            gc.collect()
         raise OrbaxFailure(failed)
     finally:
         sys.unraisablehook, sys.excepthook, threading.excepthook = hooks

@@ -49,13 +49,21 @@ OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 @hydra.main(config_path="pkg://dlrun.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     launch_env.configure_job(HydraConfig.get())  # a parallel job's CPUs and GPU, before JAX
+    from dlrun import distributed
     from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
 
     hc = HydraConfig.get()
     workdir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        target, cfg = resolve_resume(cfg, hc)
+        # dist.enabled=true: join the other processes before anything starts JAX's backend;
+        # process 0 alone resolves resume=... and hands its config to the others
+        distributed.initialize(distributed.parse(cfg.get("dist")))
+        distributed.expect_exchange()
+        if not distributed.is_primary():  # process 0 logs the run; the others log to the console
+            console_only()
+        target, cfg = resolve_resume(cfg, hc) if distributed.is_primary() else (None, cfg)
+        cfg = share_config(cfg)
         if target is not None and target.resolve() != workdir.resolve():  # not a requeued job
             adopt_run_dir(target, workdir, link=multirun)
         run_dir = target or workdir
@@ -63,9 +71,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                                      resume=target is not None, stop=_STOP,
                                      on_start=lambda: log.info("run dir: %s", run_dir.resolve()),
                                      peers_dir=workdir.parent if multirun else None)
+    except Interrupted:
+        if not distributed.is_primary() and not (workdir / "run.json").exists():
+            discard_run_dir(workdir)  # process 0 holds the run and its checkpoint
+        raise
     except DlrunError as exc:
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
-        if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
+        distributed.abort(exc)  # process 0: the other processes stop with the same error
+        if distributed.is_primary():
+            if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
+                discard_run_dir(workdir)
+        elif not (workdir / "run.json").exists():  # another process: its own Hydra directory
             discard_run_dir(workdir)
         if os.environ.get("DLRUN_DEBUG") == "1":
             raise
@@ -73,9 +89,32 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _USER_ERRORS.append(job + str(exc))
         launch_env.forward_error(job + str(exc), hc)  # a job in another process (joblib...)
         return None
-    log.info("run dir: %s", run_dir.resolve())
+    if not distributed.is_primary():  # process 0 wrote the run; Hydra's directory of ours goes
+        if not (workdir / "run.json").exists():  # (unless it is process 0's too: submitit)
+            discard_run_dir(workdir)
+    else:
+        log.info("run dir: %s", run_dir.resolve())
     value = summary["final"].get(summary["best_selected_on"])  # the sweep's objective (Optuna)
     return float("nan") if value is None else float(value)
+
+
+def console_only() -> None:
+    """Stop writing this process's log lines into the run's dlrun.log (another process of a
+    multi-process run: under submitit all of them share the run directory)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def share_config(cfg: DictConfig) -> DictConfig:
+    """Process 0's config on every process of a multi-process run (it may have resolved
+    resume=PATH to the run's own config); one process: `cfg`."""
+    from dlrun import distributed
+    if distributed.processes() == 1:
+        return cfg
+    mine = OmegaConf.to_container(cfg, resolve=True) if distributed.is_primary() else None
+    return OmegaConf.create(distributed.exchange(None if mine is None else {"config": mine})["config"])
 
 
 def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
@@ -157,9 +196,10 @@ def adopt_run_dir(target: Path, workdir: Path, link: bool = False) -> None:
 
 def discard_run_dir(workdir: Path) -> None:
     """Remove what Hydra created for a run that failed validation, then empty parents."""
-    for handler in logging.getLogger().handlers:  # close the run's log file before removing it
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
+    for handler in list(logging.getLogger().handlers):  # close the run's log file first, and
+        if isinstance(handler, logging.FileHandler):  # drop it: a closed FileHandler reopens
+            handler.close()  # its file on the next record (submitit's job process logs more)
+            logging.getLogger().removeHandler(handler)
     if workdir.is_symlink():  # a resumed sweep's link to an earlier run: only the link goes
         workdir.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -203,7 +243,10 @@ def one_line(exc: BaseException) -> str:
     """A single-line, actionable description of a user error."""
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
-        return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
+        plugins = (" (Hydra's joblib, submitit and optuna plugins: pip install -e '.[sweep]'; "
+                   "see README, Sweeps)" if group in ("hydra/launcher", "hydra/sweeper") else "")
+        return (f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
+                + plugins)
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         return unknown_key(getattr(cause, "full_key", "?"))

@@ -217,8 +217,8 @@ def build_setup(cfg: DictConfig) -> Setup:
             f"dist.enabled=true (several processes) supports models trained in one run; not "
             f"model={node['name']} (pretraining phases or knn) or prune.enabled=true")
     mesh = None if knn else distributed.make_mesh(
-        dist, tc.batch_size, "the full batch (the training split)" if full_batch
-        and cfg.train.batch_size != 0 else "train.batch_size")
+        dist, tc.batch_size, "the full batch (the whole training split)"
+        if full_batch or cfg.train.batch_size == 0 else "train.batch_size")
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper,
                  objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None,
                  mesh=mesh)
@@ -520,8 +520,15 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
     if setup.prune is not None and peers_dir is None:
         raise ConfigError("prune.enabled=true compares the trials of a sweep: run it with -m "
                           "(dlrun -m ... prune.enabled=true)")
+    distributed.expect_exchange()
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(workdir)
+    scratch = None
+    if not distributed.is_primary():  # process k > 0: process 0 writes the run (and resumes it)
+        scratch = tempfile.TemporaryDirectory(prefix="dlrun-process-")
+        run_dir, resume = Path(scratch.name), False
+        on_start = lambda: log.info("process %d of %d: process 0 writes the run directory",  # noqa: E731
+                                    jax.process_index(), jax.process_count())
     if resume:
         info = read_run_info(run_dir)
         if info.get("config_hash") != config_hash(config):
@@ -550,7 +557,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
             if start is None:  # finished already
                 log.info("resume: %s already finished its %d epochs; nothing to do", run_dir,
                          setup.train.epochs)
-                return json.loads((run_dir / "summary.json").read_text())
+                return agree_start(setup, config, None, json.loads(
+                    (run_dir / "summary.json").read_text()))[1]
         if not resume:
             write_run_info(run_dir, config, __version__)
             lock = RunLock(run_dir)
@@ -566,6 +574,9 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
                 init_from = pretrain(setup, cfg, run_dir, splits, stop, hint_dir or run_dir)
             checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
             start = fresh_start(setup, init_from)
+        start, finished = agree_start(setup, config, start)
+        if finished is not None:  # (another process) process 0 found the run finished
+            return finished
         return _train(setup, cfg, config, run_dir, splits, checkpoints, started_at, start, stop,
                       hint_dir or run_dir, peers_dir)
     finally:
@@ -573,6 +584,36 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, started_at: Optional[float
             checkpoints.close()
         if lock is not None:
             lock.release()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def agree_start(setup: Setup, config: dict, start: Optional["Start"],
+                finished: Optional[dict] = None) -> tuple[Optional["Start"], Optional[dict]]:
+    """(start, finished summary) as process 0 has them, on every process of a multi-process run
+    (one process: as given). A fresh start is the same everywhere (same seed); a resumed one is
+    read from the checkpoint by process 0 alone and its arrays broadcast; a finished run's
+    summary is passed on, so every process returns it."""
+    if distributed.processes() == 1:
+        return start, finished
+    n = setup.copies
+    resumed = distributed.is_primary() and finished is None and bool(start.progress.resumed_at)
+    message = distributed.exchange(
+        None if not distributed.is_primary() else {"finished": finished} if finished is not None
+        else {"progress": start.progress.to_meta(config, 0) if resumed else None,
+              "acc": start.acc is not None})
+    if message.get("finished") is not None:
+        return None, message["finished"]
+    if message["progress"] is None:
+        return start, None
+    fresh_acc = epoch_acc(setup, n if n > 1 else None)
+    tree = distributed.broadcast({"state": start.state, "rng": jax.random.key_data(start.train_key),
+                                  "acc": fresh_acc if start.acc is None else start.acc,
+                                  "best_params": start.best_params})
+    progress = start.progress if distributed.is_primary() else Progress.from_meta(message["progress"], n)
+    return Start(jax.tree.map(jnp.asarray, tree["state"]), jax.random.wrap_key_data(tree["rng"]),
+                 jnp.asarray(tree["acc"]) if message["acc"] else None, host_copy(tree["best_params"]),
+                 progress), None
 
 
 class Start(NamedTuple):
@@ -751,7 +792,8 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
              cfg.schedule.name, ",".join(cfg.get("regularizer") or ["none"]), setup.dataset.name,
              splits["train"].n, splits["val"].n if "val" in splits else 0, splits["test"].n,
              setup.loop + (f", full batch ({splits['train'].n} examples per step)" if setup.full_batch else ""),
-             compile_s, f" | {n} copies (vmap), seeds {seeds[0]}-{seeds[-1]}" if n > 1 else "")
+             compile_s, (f" | {n} copies (vmap), seeds {seeds[0]}-{seeds[-1]}" if n > 1 else "")
+             + distributed.describe(setup.mesh))
     first_step_s = time.perf_counter() - started_at
     ck = setup.checkpoint
     last_save = time.monotonic()
@@ -765,19 +807,25 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         progress.elapsed_seconds = elapsed_before + time.perf_counter() - started_at
         tree = {"state": state, "acc": epoch_acc(setup, n if n > 1 else None) if acc is None else acc,
                 "rng": jax.random.key_data(train_key), "best_params": best_params}
-        checkpoints.save(step, tree, progress.to_meta(config, step), error)
+        if distributed.is_primary():  # the others' state is the same (replicated)
+            checkpoints.save(step, tree, progress.to_meta(config, step), error)
         progress.elapsed_seconds = elapsed_before
         last_save = time.monotonic()
 
     def interrupted(epoch: int, done: int) -> Interrupted:
         where = (f"after epoch {epoch - 1}" if done == 0 else
                  f"in epoch {epoch} after step {done} of {setup.steps_per_epoch}")
+        if not distributed.is_primary():  # (multi-process) process 0 wrote the checkpoint
+            return Interrupted(f"dlrun: process {jax.process_index()} stopped with the others "
+                               f"({stop.name or 'a signal to another process'}) {where}; process "
+                               f"0 wrote the checkpoint", 128 + (stop.signum or 15))
         return Interrupted(f"dlrun: stopped by {stop.name} {where}; checkpoint and metrics "
                            f"written. Resume with: dlrun resume={hint_dir.resolve()}",
                            128 + (stop.signum or 0))
 
     elapsed_before = progress.elapsed_seconds
-    pause = (lambda: stop.requested or time_due()) if setup.loop == "step" else None
+    # several processes stop and pause at the same step (distributed.agreed; one process: as is)
+    pause = (lambda: distributed.agreed(stop.requested or time_due())) if setup.loop == "step" else None
     last_epoch = tc.epochs if progress.stopped_early is None else progress.epoch
     for epoch in range(progress.epoch + 1, last_epoch + 1):
         t0 = time.perf_counter()
@@ -786,7 +834,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
             progress.step_in_epoch = done
             progress.epoch_seconds += time.perf_counter() - t0
             save(state, acc)
-            if stop.requested:
+            if distributed.agreed(stop.requested):
                 raise interrupted(epoch, done)
             t0 = time.perf_counter()
             state, acc, done = run_epoch(state, epoch, acc, done, pause)
@@ -831,7 +879,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
             progress.stopped_early = epoch
             log.info("early stopping (%s) after epoch %d; restoring the parameters of the best "
                      "epoch", cfg.early_stopping.name, epoch)
-        stopping = stop.requested  # read once: a signal arriving after it waits for the next step
+        stopping = distributed.agreed(stop.requested)  # read once: a later signal waits for the next step
         ends = epoch == tc.epochs or progress.stopped_early is not None
         if (ck.every_epochs and epoch % ck.every_epochs == 0) or time_due() or stopping or ends:
             errors = [r.get(select) for r in records]
@@ -872,7 +920,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
                 (run_dir / f"pretrain_{i}" / "summary.json").read_text())["final"]}
             for i in range(len(setup.phases))]
     RunWriter(run_dir).save_summary(summary)
-    if cfg.get("plots", True):
+    if cfg.get("plots", True) and distributed.is_primary():
         for i, writer in enumerate(writers):
             pictures(setup, writer.dir, progress.history[i],
                      {"params": copy_of(state.params, i, n), **copy_of(state.extra, i, n)},
@@ -1067,7 +1115,8 @@ def make_summary(setup: Setup, history: list, best: Optional[dict], select: str,
                     "steady_examples_per_second": float(np.median(
                         [r["examples_per_second"] for r in history[1:] or history]))},
         "device": {"platform": device.platform, "kind": device.device_kind,
-                   "count": jax.device_count()},
+                   "count": jax.device_count(), "processes": distributed.processes(),
+                   "data_parallel_devices": setup.mesh.size if setup.mesh is not None else 1},
         "versions": versions(),
     }
 
