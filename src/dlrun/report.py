@@ -38,6 +38,7 @@ from typing import Optional
 
 import numpy as np
 
+from dlrun.checkpoint import flatten
 from dlrun.io import atomic_write_text
 
 # Keys that do not define a configuration: the seed (runs differing only in it are repeats),
@@ -85,15 +86,6 @@ class Run:
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def ignored(key: str) -> bool:
