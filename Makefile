@@ -22,7 +22,7 @@ bench: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,sweep]'
+	$(BIN)/python -m pip install --quiet -e '.[test,sweep,track]'
 	touch $(STAMP)
 
 clean:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlrun import datasets, early_stopping, models, optim, regularizers
+from dlrun import datasets, early_stopping, models, optim, regularizers, tracking
 from dlrun.registry import config_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -15,7 +15,9 @@ REGISTRIES = {
     "regularizer": regularizers.REGULARIZERS,
     "dataset": datasets.REGISTRY,
     "early_stopping": early_stopping.STOPPERS,
+    "logger": tracking.LOGGERS,
 }
+NESTED = {"regularizer": regularizers.REGULARIZERS, "logger": tracking.LOGGERS}  # list-valued groups
 
 
 def options(group: str) -> set[str]:
@@ -44,11 +46,12 @@ def test_yaml_name_is_file_name_and_keys_are_builder_params(group):
         assert set(node) - {"name"} == params, f"{path}: keys differ from the builder's parameters"
 
 
-def test_regularizer_yaml_nests_under_its_own_name():
-    for path in (CONF / "regularizer").glob("*.yaml"):
+@pytest.mark.parametrize("group", sorted(NESTED))
+def test_list_valued_group_yaml_nests_under_its_own_name(group):
+    for path in (CONF / group).glob("*.yaml"):
         node = yaml.safe_load(path.read_text())
         assert list(node) == [path.stem], path
-        params = {p.name for p in config_params(regularizers.REGULARIZERS[path.stem])}
+        params = {p.name for p in config_params(NESTED[group][path.stem])}
         assert set(node[path.stem] or {}) == params, path
 
 

@@ -42,7 +42,8 @@ FORMAT = 1  # version of the checkpoint layout (meta["format"]); bump on incompa
 # `dist` (devices, processes) is neutral: a run may resume on another number of devices; its
 # numbers then agree with an uninterrupted run to float rounding (the all-reduce sums in another
 # order), not bit for bit.
-NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume", "plots", "dist")
+NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume", "plots", "dist",
+                "progress", "logger")
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,16 @@ def unknown_key(key: str) -> str:
         name = key.split(".")[1]
         return (f"{key}: regularizer '{name}' is not selected; select it first, "
                 f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
+    if key.startswith("logger.") and key.count(".") > 1:  # a misspelt key of a selected logger
+        from dlrun.registry import config_params
+        from dlrun.tracking import LOGGERS
+        name = key.split(".")[1]
+        valid = ", ".join(p.name for p in config_params(LOGGERS[name])) if name in LOGGERS else ""
+        return f"{key} is not a setting of logger {name}; valid keys: {valid or 'none'}"
+    if key.startswith("logger."):
+        name = key.split(".")[1]
+        return (f"{key}: logger '{name}' is not selected; select it first, "
+                f"e.g. logger=[{name}] (a list: logger=[tensorboard,mlflow])")
     owners = key_owners().get(key)
     if owners:  # a key of another option of the group, e.g. model.pretrain_epochs with model=mlp
         group = key.split(".")[0]
@@ -289,7 +299,8 @@ def key_owners() -> dict[str, list[str]]:
     conf = importlib.resources.files("dlrun.conf")
     owners: dict[str, list[str]] = {}
     for group in conf.iterdir():
-        if group.is_dir() and group.name not in ("hydra", "experiment", "__pycache__", "regularizer"):
+        if group.is_dir() and group.name not in ("hydra", "experiment", "__pycache__", "regularizer",
+                                                       "logger"):
             for option in sorted(group.iterdir(), key=lambda p: p.name):
                 if option.name.endswith(".yaml"):
                     for k in yaml.safe_load(option.read_text()) or {}:

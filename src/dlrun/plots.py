@@ -121,7 +121,7 @@ def confusion(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def confusion_matrix(matrix: np.ndarray, png: Path, csv: Path) -> None:
+def confusion_matrix(matrix: np.ndarray, png: Path, csv: Path, title: str = "test split") -> None:
     atomic_write_text(csv, "true\\predicted," + ",".join(LABELS) + "\n" + "".join(
         f"{LABELS[i]}," + ",".join(map(str, row)) + "\n" for i, row in enumerate(matrix)))
     fig = _figure(5, 4.5)
@@ -135,7 +135,7 @@ def confusion_matrix(matrix: np.ndarray, png: Path, csv: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     error = 1 - np.trace(matrix) / matrix.sum()
-    ax.set_title(f"test split: {matrix.sum()} images, {100 * error:.2f} % error")
+    ax.set_title(f"{title}: {matrix.sum()} images, {100 * error:.2f} % error")
     _save(fig, png)
 
 

@@ -79,6 +79,24 @@ class Transform:
         np.savez(buffer, name=np.asarray(self.name), **arrays)
         atomic_write_bytes(path, buffer.getvalue())
 
+    @classmethod
+    def load(cls, path: Path) -> "Transform":
+        """Read preprocess.npz as `save` wrote it (no pickles); FileError if it is missing or
+        damaged."""
+        from dlrun.errors import FileError
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            name = str(arrays.pop("name"))
+            if name not in PREPROCESS[1:] or "mean" not in arrays:
+                raise ValueError(f"unknown transform '{name}'")
+            return cls(name, arrays["mean"], arrays.get("matrix"), arrays.get("scale"))
+        except FileNotFoundError:
+            raise FileError(f"{path}: no such file; the run was trained with dataset.preprocess "
+                            f"and needs it") from None
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise FileError(f"cannot read {path} ({exc}); it is damaged or not from dlrun") from None
+
 
 def fit(name: str, images: np.ndarray, eps: float = 1e-5, dims: int = 0) -> Optional[Transform]:
     """Fit preprocessing `name` on training images (N, 28, 28[, 1]) uint8; None for 'none'."""

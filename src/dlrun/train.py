@@ -29,7 +29,8 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import (__version__, datasets, distributed, early_stopping, models, objectives,
-                   preprocess, pruning, splits as data_splits, optim, regularizers)
+                   preprocess, pruning, splits as data_splits, optim, regularizers, tracking)
+from dlrun.progress import display as progress_display
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
 from dlrun.errors import ConfigError, DlrunError, FileError, Interrupted
@@ -43,8 +44,9 @@ NUM_CLASSES = 10
 ACC_HEAD = 3  # per-epoch sums: examples, non-finite steps, first such step; then the objective's metrics
 NO_STEP = float(2**31)  # "no non-finite step yet" in the accumulator's last entry
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume", "early_stopping", "plots", "prune", "dist")
-OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist")  # defaults when absent
+                  "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist",
+                 "progress", "logger")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Setup:
     transform: Optional[preprocess.Transform] = None  # dataset.preprocess, fitted on the data
     prune: Optional[pruning.PruneConfig] = None  # sweeps: dlrun's median rule (None: off)
     mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its devices (dlrun.distributed)
+    loggers: tuple = ()  # dlrun.tracking.LoggerSpec of each selected logger (logger=[...])
 
     @property
     def copies(self) -> int:
@@ -210,6 +213,7 @@ def build_setup(cfg: DictConfig) -> Setup:
     require(not prune.enabled or (tc.num_seeds == 1 and not knn),
             "prune.enabled=true prunes whole trials; it does not apply to train.num_seeds > 1 "
             "copies or to knn (no epochs)")
+    loggers = tracking.build_all(cfg.get("logger"))  # a missing package stops the run here
     dist = distributed.parse(cfg.get("dist"))
     distributed.initialize(dist)  # multi-process: before anything below touches the backend
     many = distributed.processes() > 1
@@ -221,7 +225,7 @@ def build_setup(cfg: DictConfig) -> Setup:
         if full_batch or cfg.train.batch_size == 0 else "train.batch_size")
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, scales, ck, stopper,
                  objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None,
-                 mesh=mesh)
+                 mesh=mesh, loggers=loggers)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -659,6 +663,7 @@ def phase_config(cfg: DictConfig, model_node: dict, settings: dict) -> DictConfi
     sub = OmegaConf.to_container(cfg, resolve=True)
     sub.update(model=model_node, optim={"name": "sgd", "lr": settings["pretrain_lr"]},
                schedule={"name": "constant"}, regularizer={}, early_stopping={"name": "none"},
+               logger={},  # the phases' metrics are in pretrain_<i>/metrics.jsonl only
                resume=False, prune={"enabled": False})
     sub["train"] = {**sub["train"], "epochs": settings["pretrain_epochs"], "num_seeds": 1, "lrs": [],
                     "batch_size": settings["pretrain_batch_size"], "eval_train": False}
@@ -772,6 +777,23 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
 def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
            checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest,
            hint_dir: Path, peers_dir: Optional[Path] = None) -> dict:
+    """The epoch loop (_train_epochs), with its records also sent to the selected loggers and
+    the live progress display (process 0 only); both are closed however the loop ends."""
+    primary = distributed.is_primary()
+    run_dirs = ([run_dir] if setup.copies == 1 else
+                [run_dir / f"seed_{seed}" for seed in setup.seeds])
+    done = start.progress
+    display = progress_display(bool(cfg.get("progress", True)) and primary, setup.train.epochs,
+                               setup.steps_per_epoch, setup.train.batch_size, done.epoch,
+                               done.step_in_epoch)
+    with tracking.RunSinks(setup.loggers if primary else (), run_dirs, config, display) as sinks:
+        return _train_epochs(setup, cfg, config, run_dir, splits, checkpoints, started_at, start,
+                             stop, hint_dir, peers_dir, sinks)
+
+
+def _train_epochs(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
+                  checkpoints: Checkpoints, started_at: float, start: Start, stop: StopRequest,
+                  hint_dir: Path, peers_dir: Optional[Path], sinks: tracking.RunSinks) -> dict:
     n, seeds, tc = setup.copies, setup.seeds, setup.train
     writers = ([RunWriter(run_dir)] if n == 1 else
                [RunWriter(run_dir / f"seed_{seed}") for seed in seeds])
@@ -825,7 +847,8 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
 
     elapsed_before = progress.elapsed_seconds
     # several processes stop and pause at the same step (distributed.agreed; one process: as is)
-    pause = (lambda: distributed.agreed(stop.requested or time_due())) if setup.loop == "step" else None
+    pause = ((lambda: sinks.step() or distributed.agreed(stop.requested or time_due()))
+             if setup.loop == "step" else None)
     last_epoch = tc.epochs if progress.stopped_early is None else progress.epoch
     for epoch in range(progress.epoch + 1, last_epoch + 1):
         t0 = time.perf_counter()
@@ -846,6 +869,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         except TrainingDiverged as exc:
             for i, record in enumerate(exc.records):
                 writers[i].append_metrics(record)
+                sinks.record(i, record)
                 if progress.best[i]:
                     writers[i].save_params("best_params.pkl", copy_of(best_params, i, n))
             last = checkpoints.latest_step() if has_checkpoint(run_dir) else None
@@ -855,6 +879,7 @@ def _train(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: d
         for i, record in enumerate(records):
             progress.history[i].append(record)
             writers[i].append_metrics(record)
+            sinks.record(i, record)
             log.info(("" if n == 1 else f"[seed {seeds[i]}] ") + format_record(record, tc.epochs))
             if record["nonfinite_steps"]:
                 log.warning("warning: %d training steps had a non-finite loss or gradients and "
