@@ -53,25 +53,11 @@ def split_comment(text: str) -> tuple[str, str | None, int]:
     return text.rstrip(), None, -1
 
 
-def balance(text: str) -> int:
+def scan(text: str):
+    """(character, bracket depth after it, whether it is inside quotes) for each character."""
     depth, quote = 0, None
     for ch in text:
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-    return depth
-
-
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split a flow collection's body on top-level separators."""
-    parts, depth, quote, cur = [], 0, None, ""
-    for ch in text:
+        quoted = quote is not None
         if quote:
             quote = None if ch == quote else quote
         elif ch in "'\"":
@@ -80,7 +66,22 @@ def split_top(text: str, sep: str = ",") -> list[str]:
             depth += 1
         elif ch in "]})":
             depth -= 1
-        elif ch == sep and depth == 0:
+        yield ch, depth, quoted
+
+
+def balance(text: str) -> int:
+    """Open brackets left at the end of `text` (quoted ones do not count)."""
+    depth = 0
+    for _, depth, _ in scan(text):
+        pass
+    return depth
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split a flow collection's body on top-level separators."""
+    parts, cur = [], ""
+    for ch, depth, quoted in scan(text):
+        if ch == sep and depth == 0 and not quoted:
             parts.append(cur.strip())
             cur = ""
             continue
