@@ -138,6 +138,22 @@ class RunLock:
             self.fd = -1
 
 
+def is_locked(run_dir: Path) -> bool:
+    """Whether a dlrun process is training in run_dir now (it holds the run's RunLock)."""
+    try:
+        fd = os.open(run_dir / "run.json", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     ckpt = run_dir / "checkpoints"
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())

@@ -105,7 +105,7 @@ def load_run(run_dir: str | Path) -> Run:
             raise FileError(f"{run_dir} is not a copy directory seed_<seed> of its run") from None
         config = {**config, "train": {**config["train"], "seed": seed, "num_seeds": 1, "lrs": []}}
     if not (run_dir / "summary.json").is_file():
-        from dlrun.report import is_locked
+        from dlrun.checkpoint import is_locked
         if is_locked(info_dir):
             raise FileError(f"{run_dir} is incomplete: a dlrun process is training it right now; "
                             f"wait for it to finish")

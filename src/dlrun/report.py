@@ -25,7 +25,6 @@ runs only, or, for a configuration with none done, whatever its runs reached (ma
 """
 import argparse
 import csv
-import fcntl
 import io
 import json
 import math
@@ -38,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from dlrun.checkpoint import flatten
+from dlrun.checkpoint import flatten, is_locked
 from dlrun.io import atomic_write_text
 
 # Keys that do not define a configuration: the seed (runs differing only in it are repeats),
@@ -112,22 +111,6 @@ def read_history(run_dir: Path) -> list[dict]:
         except ValueError:
             break
     return records
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Whether a dlrun process is training in run_dir now (it holds the run's flock)."""
-    try:
-        fd = os.open(run_dir / "run.json", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def status_of(summary: Optional[dict], running: bool) -> str:
