@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from dlrun.checkpoint import flatten
 from dlrun.errors import ConfigError
 from dlrun.registry import build
 
@@ -57,18 +58,6 @@ def scalars(record: dict) -> dict[str, float]:
     A None (how metrics.jsonl writes a non-finite value) is left out."""
     return {k: float(v) for k, v in record.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """{'optim': {'lr': 0.1}} -> {'optim.lr': '0.1'} (lists and None as their str)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 # ---- tensorboard -----------------------------------------------------------------------------
@@ -132,7 +121,7 @@ class MlflowTracker(Tracker):
             run = client.create_run(experiment_id, run_name=run_name,
                                     tags={"dlrun.run_dir": key})
             self.run_id = run.info.run_id
-            params = [Param(k, v[:6000]) for k, v in sorted(flatten(config).items())]
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config).items())]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 client.log_batch(self.run_id, params=params[i:i + 100])
             client.log_batch(self.run_id, tags=[RunTag("dlrun.run_dir", key)])
