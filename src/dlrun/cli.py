@@ -196,10 +196,9 @@ def adopt_run_dir(target: Path, workdir: Path, link: bool = False) -> None:
 
 def discard_run_dir(workdir: Path) -> None:
     """Remove what Hydra created for a run that failed validation, then empty parents."""
-    for handler in list(logging.getLogger().handlers):  # close the run's log file first, and
-        if isinstance(handler, logging.FileHandler):  # drop it: a closed FileHandler reopens
-            handler.close()  # its file on the next record (submitit's job process logs more)
-            logging.getLogger().removeHandler(handler)
+    # close the run's log file first, and drop it: a closed FileHandler reopens its file on the
+    # next record (submitit's job process logs more)
+    console_only()
     if workdir.is_symlink():  # a resumed sweep's link to an earlier run: only the link goes
         workdir.unlink()
     shutil.rmtree(workdir, ignore_errors=True)
