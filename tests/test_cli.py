@@ -274,6 +274,8 @@ BAD_INPUTS = [
     ("lrs-length-differs-from-num-seeds", ["train.num_seeds=3", "train.lrs=[0.1,0.01]"],
      ["train.lrs", "train.num_seeds=2"]),
     ("num-seeds-zero", ["train.num_seeds=0"], ["train.num_seeds"]),
+    ("data-dir-for-the-shipped-sample", ["dataset.data_dir={empty}"],
+     ["data_dir does not apply to mnist_sample", "dataset=mnist dataset.data_dir=DIR"]),
 ]
 LR_INF = pytest.param(["optim.lr=inf", *TINY], ["optim.lr", "finite"], id="lr-infinite")
 

@@ -247,14 +247,14 @@ def test_bad_checksum_in_data_dir(tmp_path):
 
 @pytest.mark.parametrize("mirror", [None, "closed-port"])
 def test_absent_dataset_names_searched_dirs(tmp_path, mirror):
-    data_dir, cache = tmp_path / "nowhere", tmp_path / "cache"
+    cache = tmp_path / "cache"
     kwargs = ({"download": False} if mirror is None else
               {"mirrors": [f"http://127.0.0.1:{closed_port()}/mnist/"], "timeout": 2.0})
     with pytest.raises(DataError) as excinfo:
-        load_raw("mnist", data_dir=str(data_dir), cache_dir=str(cache), **kwargs)
+        load_raw("mnist", cache_dir=str(cache), **kwargs)
     msg = one_line_error(excinfo)
     assert msg.startswith("mnist:")
-    assert str(data_dir) in msg and str(cache / "mnist") in msg
+    assert str(cache / "mnist") in msg
     assert "dataset.data_dir=DIR" in msg
     if mirror:
         assert "127.0.0.1" in msg
@@ -362,3 +362,38 @@ def test_fashion_mnist_from_system_dir(tmp_path):
     assert x_train.dtype == np.uint8 and y_train.dtype == np.uint8
     assert np.bincount(y_train, minlength=10).tolist() == [6000] * 10
     assert np.bincount(y_test, minlength=10).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("case, words", [("absent", "is not there, not a directory"),
+                                         ("a-file", "is a file, not a directory"),
+                                         ("partial", f"lacks {TEST_LABELS}")])
+def test_an_explicit_data_dir_is_authoritative(tmp_path, monkeypatch, case, words):
+    """A good copy in the cache is never used instead of the data_dir the user named."""
+    files = synthetic_files()
+    register(monkeypatch, files)
+    cache = tmp_path / "cache"
+    write_files(cache / "mnist", files)
+    data_dir = tmp_path / "mine"
+    if case == "a-file":
+        data_dir.write_text("not a directory")
+    elif case == "partial":
+        write_files(data_dir, {f: d for f, d in files.items() if f != TEST_LABELS})
+    with pytest.raises(DataError) as excinfo:
+        load_raw("mnist", data_dir=str(data_dir), cache_dir=str(cache))
+    msg = one_line_error(excinfo)
+    assert f"dataset.data_dir={data_dir}" in msg and words in msg, msg
+    assert "leave dataset.data_dir unset" in msg and str(cache / "mnist") in msg
+
+
+def test_provenance_names_the_resolved_files_read(tmp_path, monkeypatch):
+    files = synthetic_files()
+    register(monkeypatch, files)
+    real = write_files(tmp_path / "real", files)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in files:
+        (linked / name).symlink_to(real / name)
+    load_raw("mnist", data_dir=str(linked), download=False)
+    records = datasets.provenance("mnist", data_dir=str(linked))
+    assert {r["file"]: (r["path"], r["sha256"]) for r in records} == {
+        name: (str(real / name), hashlib.sha256(data).hexdigest()) for name, data in files.items()}

@@ -258,6 +258,9 @@ class Checkpoints:
                                               ocp.options.MultiprocessingOptions(
                                                   primary_host=me, active_processes={me}))
                 self.dir.mkdir(parents=True, exist_ok=True)
+            from dlrun import ownership
+            if not os.path.lexists(self.dir):  # Orbax's own tree, all of it this run's
+                ownership.note(self.dir, "tree")
             try:
                 self._manager = ocp.CheckpointManager(self.dir, options=options)
             except OSError as exc:

@@ -2,11 +2,12 @@
 by `dlrun.train.train_and_evaluate`. This module only adds what a command line needs:
 
 * bad input (unknown option, misspelt key, wrong type, out-of-range value, missing or corrupt
-  data) is reported as ONE line `dlrun: error: ...` with exit code 2 and no traceback, and the
-  run directory Hydra created for that run is removed again, so nothing half-written stays;
+  data) is reported as ONE line `dlrun: error: ...` with exit code 2 and no traceback, and what
+  this invocation created for the run is removed again, and nothing else (dlrun.ownership: a
+  run directory that already held anything is refused before Hydra touches it);
 * run directories are unique even for runs started in the same second (`${dlrun_uid:}`);
-* `resume=true|PATH` continues an earlier run in ITS directory (the one Hydra just made for
-  this invocation is removed again, and the log goes on in the earlier run's dlrun.log);
+* `resume=true|PATH` continues an earlier run in ITS directory (what Hydra just made for this
+  invocation is removed again, and the log goes on in the earlier run's dlrun.log);
 * SIGINT/SIGTERM stop a run at a safe point with a checkpoint (dlrun.signals), exit 128+signum.
 Set DLRUN_DEBUG=1 to get the full traceback instead.
 """
@@ -19,22 +20,22 @@ import importlib.resources  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException, MissingConfigException  # noqa: E402
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from dlrun import __version__  # noqa: E402
-from dlrun import launch_env  # noqa: E402
+from dlrun import launch_env, ownership  # noqa: E402
 from dlrun.allocator import keep_freed_memory  # noqa: E402
 from dlrun.errors import ConfigError, DlrunError, Interrupted  # noqa: E402
+from dlrun.resume import resolve_resume  # noqa: E402
 from dlrun.signals import StopRequest  # noqa: E402
 
 log = logging.getLogger("dlrun")
@@ -46,65 +47,171 @@ _UID = f"{os.getpid():x}{secrets.token_hex(2)}"
 OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
 
+def _hydra_subdir(*, _root_) -> str | None:
+    """hydra.output_subdir for each job (see dlrun.ownership.hydra_subdir)."""
+    select = lambda key: OmegaConf.select(_root_, key, default=None, throw_on_missing=False)  # noqa: E731
+    return ownership.hydra_subdir(select("hydra.runtime.output_dir"),
+                                  select("hydra.mode") == RunMode.MULTIRUN,
+                                  select("hydra.job_logging.handlers.file.filename"),
+                                  select("hydra.job.num"))
+
+
+OmegaConf.register_new_resolver("dlrun_hydra_subdir", _hydra_subdir, replace=True)
+
+
 @hydra.main(config_path="pkg://dlrun.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    launch_env.configure_job(HydraConfig.get())  # a parallel job's CPUs and GPU, before JAX
-    from dlrun import distributed
-    from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
-
     hc = HydraConfig.get()
     workdir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    started_at = time.perf_counter() if multirun else STARTED_AT  # a sweep's job: its own start
+    ownership.begin_job(workdir, hc.job.get("num"))
+    held = HeldLogs()  # nothing reaches a log file until this job may write where it is
+    try:
+        ownership.check_job_dir(workdir, cfg.get("resume"), multirun, held.paths(),
+                                bool((cfg.get("dist") or {}).get("enabled")))
+    except ConfigError as exc:
+        held.drop()
+        discard_run_dir(workdir, multirun)  # what Hydra made for it (nothing, if it was there)
+        return report_error(str(exc), hc, multirun)
+    try:
+        return run_job(cfg, hc, workdir, multirun, started_at, held)
+    finally:
+        ownership.end_job()
+
+
+def run_job(cfg: DictConfig, hc, workdir: Path, multirun: bool, started_at: float,
+            held: "HeldLogs") -> float | None:
+    """One run (a sweep's job) in `workdir`, Hydra's directory for it, checked; its error
+    lines are collected for main() (see the module docstring)."""
+    launch_env.configure_job(hc)  # a parallel job's CPUs and GPU, before JAX
+    from dlrun import distributed
+    from dlrun.train import train_and_evaluate  # imports JAX: after --help/--cfg are handled
+
     try:
         # dist.enabled=true: join the other processes before anything starts JAX's backend;
         # process 0 alone resolves resume=... and hands its config to the others
         distributed.initialize(distributed.parse(cfg.get("dist")))
         distributed.expect_exchange()
         if not distributed.is_primary():  # process 0 logs the run; the others log to the console
-            console_only()
+            held.drop()
         target, cfg = resolve_resume(cfg, hc) if distributed.is_primary() else (None, cfg)
         cfg = share_config(cfg)
         if target is not None and target.resolve() != workdir.resolve():  # not a requeued job
-            adopt_run_dir(target, workdir, link=multirun)
+            adopt_run_dir(target, workdir, held, link=multirun)
+        held.release()
         run_dir = target or workdir
-        summary = train_and_evaluate(cfg, str(run_dir), started_at=STARTED_AT,
+        summary = train_and_evaluate(cfg, str(run_dir), started_at=started_at,
                                      resume=target is not None, stop=_STOP,
                                      on_start=lambda: log.info("run dir: %s", run_dir.resolve()),
                                      peers_dir=workdir.parent if multirun else None)
-    except Interrupted:
+    except Interrupted as exc:
         if not distributed.is_primary() and not (workdir / "run.json").exists():
-            discard_run_dir(workdir)  # process 0 holds the run and its checkpoint
+            discard_run_dir(workdir, multirun)  # process 0 holds the run and its checkpoint
+        log_to_file(str(exc))  # the stop line the terminal gets, in the run's dlrun.log too
         raise
-    except DlrunError as exc:
+    except (DlrunError, OSError) as exc:  # OSError: a full disk, a directory not writable
         # Not re-raised: Hydra would print its own multi-line report. main() prints it.
         distributed.abort(exc)  # process 0: the other processes stop with the same error
-        if distributed.is_primary():
-            if not getattr(exc, "keep_run_dir", False):  # a diverged run keeps what it wrote
-                discard_run_dir(workdir)
-        elif not (workdir / "run.json").exists():  # another process: its own Hydra directory
-            discard_run_dir(workdir)
-        if os.environ.get("DLRUN_DEBUG") == "1":
-            raise
-        job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
-        _USER_ERRORS.append(job + str(exc))
-        launch_env.forward_error(job + str(exc), hc)  # a job in another process (joblib...)
-        return None
+        held.drop()
+        return job_failed(exc, hc, workdir, multirun)
     if not distributed.is_primary():  # process 0 wrote the run; Hydra's directory of ours goes
         if not (workdir / "run.json").exists():  # (unless it is process 0's too: submitit)
-            discard_run_dir(workdir)
+            discard_run_dir(workdir, multirun)
     else:
         log.info("run dir: %s", run_dir.resolve())
     value = summary["final"].get(summary["best_selected_on"])  # the sweep's objective (Optuna)
     return float("nan") if value is None else float(value)
 
 
-def console_only() -> None:
+def job_failed(exc: BaseException, hc, workdir: Path, multirun: bool) -> None:
+    """A run that failed on bad input or a failed write: keep it only if it is a diverged run
+    (what it wrote before) or this job started it and it has a complete checkpoint (a later
+    write failed: resumable once fixed), with the error in its log; otherwise remove what this
+    job created for it. Then report the error line."""
+    from dlrun import distributed
+    from dlrun.checkpoint import has_checkpoint
+
+    message = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+    if distributed.is_primary():
+        keep = getattr(exc, "keep_run_dir", False) or (
+            ownership.created(workdir / "run.json", by_this_job=True) and has_checkpoint(workdir))
+        if keep:
+            log_to_file(f"dlrun: error: {message}")
+        discard_run_dir(workdir, multirun, keep=keep)
+    elif not (workdir / "run.json").exists():  # another process: its own Hydra directory
+        discard_run_dir(workdir, multirun)
+    if os.environ.get("DLRUN_DEBUG") == "1":
+        raise exc
+    return report_error(message, hc, multirun)
+
+
+def report_error(message: str, hc, multirun: bool) -> None:
+    """Note a job's one-line error for main() to print (from a job in another process, through
+    a file: launch_env.forward_error)."""
+    job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if multirun else ""
+    _USER_ERRORS.append(job + message)
+    launch_env.forward_error(job + message, hc)
+    return None
+
+
+class HeldLogs(logging.Handler):
+    """The run's log file handlers, taken off the root logger while the job is checked: the
+    console shows every line at once; the files get them (in order, with their own times) once
+    the job may write where it is (`release`), or never (`drop`: a refused job writes no log,
+    and adds nothing to an earlier run's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.files = console_only()
+        self.records: list[logging.LogRecord] = []
+        logging.getLogger().addHandler(self)
+
+    def paths(self) -> list[str]:
+        return [h.baseFilename for h in self.files]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def release(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        for handler in self.files:
+            root.addHandler(handler)
+            for record in self.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.files, self.records = [], []
+
+    def drop(self) -> None:
+        logging.getLogger().removeHandler(self)
+        close_handlers(self.files)
+        self.files, self.records = [], []
+
+
+def console_only() -> list[logging.Handler]:
     """Stop writing this process's log lines into the run's dlrun.log (another process of a
-    multi-process run: under submitit all of them share the run directory)."""
+    multi-process run: under submitit all of them share the run directory); returns the file
+    handlers taken off, unclosed."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+    taken = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in taken:
         root.removeHandler(handler)
+    return taken
+
+
+def close_handlers(handlers: list[logging.Handler]) -> None:
+    # a closed FileHandler reopens its file on the next record: they are off the logger first
+    for handler in handlers:
         handler.close()
+
+
+def log_to_file(message: str) -> None:
+    """`message` into the run's log file only (the console gets it from main() on stderr)."""
+    record = logging.LogRecord("dlrun", logging.WARNING, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def share_config(cfg: DictConfig) -> DictConfig:
@@ -117,92 +224,35 @@ def share_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(distributed.exchange(None if mine is None else {"config": mine})["config"])
 
 
-def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
-    """(run directory to continue, its config) for resume=true|PATH; (None, cfg) otherwise.
-
-    resume=true: the run under the run-directory root (outputs/) with this config, up to the
-    keys a resumed run may change (dlrun.checkpoint.NEUTRAL_KEYS), and the newest checkpoint;
-    none found: a new run. resume=PATH: that run; with no overrides but train.epochs and
-    checkpoint.*, its own config is used, otherwise the config must match it.
-    """
-    from dlrun.checkpoint import (config_diff, config_hash, find_resumable, has_checkpoint,
-                                  is_neutral, read_run_info)
-
-    value = cfg.get("resume", False)
-    if value is False or value is None:
-        return None, cfg
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if value is True:
-        root = runs_root(hc)
-        found = find_resumable(root, config)
-        if found is None:
-            log.info("resume=true: no checkpointed run of this config under %s/; starting a new "
-                     "one", root)
-        return found, cfg
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"resume must be true, false or a run directory (got {value!r})")
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"resume={value}: no such run directory; give a directory a dlrun run "
-                          f"created (e.g. outputs/<date>/<time>-<id>), or resume=true")
-    info = read_run_info(path)
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task]
-    if all(k == "resume" or is_neutral(k) for k in keys):  # continue with the run's own config
-        own = OmegaConf.create(info["config"])
-        for key in keys:
-            OmegaConf.update(own, key, OmegaConf.select(cfg, key), force_add=True)
-        cfg, config = own, OmegaConf.to_container(own, resolve=True)
-    if info.get("config_hash") != config_hash(config):
-        raise ConfigError(f"cannot resume {path}: its config differs in "
-                          f"{config_diff(info['config'], config)}; only train.epochs may change "
-                          f"(give resume=PATH alone to continue with the run's own config)")
-    if not has_checkpoint(path):
-        raise ConfigError(f"cannot resume {path}: it has no complete checkpoint (it stopped "
-                          f"before its first one); start it again without resume")
-    return path, cfg
-
-
-def runs_root(hc) -> Path:
-    """The fixed part of the run-directory template (outputs/ by default): where resume=true
-    looks for earlier runs."""
-    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
-    template = str(OmegaConf.to_container(node, resolve=False)["dir"])
-    fixed = template.split("${", 1)[0]
-    return Path(fixed if fixed.endswith("/") or "/" not in fixed else fixed.rsplit("/", 1)[0] or ".")
-
-
-def adopt_run_dir(target: Path, workdir: Path, link: bool = False) -> None:
-    """Continue in `target`: the log file goes on in target/dlrun.log, and the directory Hydra
-    made for this invocation is removed. link=True (a job of a resumed sweep): it is replaced by
-    a relative symlink to `target`, so the new sweep directory lists every job of the sweep,
+def adopt_run_dir(target: Path, workdir: Path, held: HeldLogs, link: bool = False) -> None:
+    """Continue in `target`: the log file goes on in target/dlrun.log (`held`'s handlers are
+    replaced by ones there), and what this job made for Hydra's directory is removed
+    (dlrun.ownership). link=True (a job of a resumed sweep): the job directory becomes a
+    relative symlink to `target`, so the new sweep directory lists every job of the sweep,
     finished before or now, and its report covers them all."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            moved = logging.FileHandler(target / Path(handler.baseFilename).name, mode="a",
-                                        encoding="utf-8", delay=True)
-            moved.setFormatter(handler.formatter)
-            moved.setLevel(handler.level)
-            root.removeHandler(handler)
-            handler.close()
-            root.addHandler(moved)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if link:
+    moved = []
+    for handler in held.files:
+        new = logging.FileHandler(target / Path(handler.baseFilename).name, mode="a",
+                                  encoding="utf-8", delay=True)
+        new.setFormatter(handler.formatter)
+        new.setLevel(handler.level)
+        handler.close()
+        moved.append(new)
+    held.files = moved
+    ownership.remove_created(workdir, parents=not link, this_job_only=link)
+    if link and not os.path.lexists(workdir):
         workdir.symlink_to(os.path.relpath(target.resolve(), workdir.parent.resolve()),
                            target_is_directory=True)
-    else:
-        remove_empty_parents(workdir.parent)
+        ownership.note(workdir, "file")
 
 
-def discard_run_dir(workdir: Path) -> None:
-    """Remove what Hydra created for a run that failed validation, then empty parents."""
-    # close the run's log file first, and drop it: a closed FileHandler reopens its file on the
-    # next record (submitit's job process logs more)
-    console_only()
-    if workdir.is_symlink():  # a resumed sweep's link to an earlier run: only the link goes
-        workdir.unlink()
-    shutil.rmtree(workdir, ignore_errors=True)
-    remove_empty_parents(workdir.parent)
+def discard_run_dir(workdir: Path, multirun: bool = False, keep: bool = False) -> None:
+    """A run that failed: close its log file, then (unless `keep`: a diverged run keeps what
+    it wrote) remove what this invocation created for it, and nothing else (dlrun.ownership).
+    A sweep's job leaves the sweep directory to the end of the sweep (discard_failed_sweeps)."""
+    close_handlers(console_only())
+    if not keep:
+        ownership.remove_created(workdir, parents=not multirun, this_job_only=multirun)
 
 
 def collect_job_errors() -> list[str]:
@@ -213,23 +263,13 @@ def collect_job_errors() -> list[str]:
 
 
 def discard_failed_sweeps() -> None:
-    """A sweep none of whose jobs completed leaves nothing behind (not even multirun.yaml)."""
+    """A sweep none of whose jobs completed leaves nothing this invocation created (not even
+    multirun.yaml); a sweep directory that existed before stays."""
     from dlrun.sweep import STARTED_SWEEPS
 
     for sweep_dir in STARTED_SWEEPS:
         if not any(sweep_dir.glob("*/summary.json")) and not any(sweep_dir.glob("*/checkpoints")):
-            shutil.rmtree(sweep_dir, ignore_errors=True)
-            remove_empty_parents(sweep_dir.parent)
-
-
-def remove_empty_parents(parent: Path) -> None:
-    """Remove empty directories upwards, stopping at outputs/ or the working directory."""
-    cwd = Path.cwd().resolve()
-    while parent.exists() and parent.resolve() != cwd and not any(parent.iterdir()):
-        if parent.name == "outputs":  # the project's kept, git-ignored outputs/ directory
-            break
-        parent.rmdir()
-        parent = parent.parent
+            ownership.remove_created(sweep_dir)
 
 
 def flat(text: str) -> str:
@@ -246,6 +286,11 @@ def one_line(exc: BaseException) -> str:
                    "see README, Sweeps)" if group in ("hydra/launcher", "hydra/sweeper") else "")
         return (f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
                 + plugins)
+    if isinstance(exc, OverrideParseException) and "LexerNoViableAltException" in str(exc):
+        bad = str(exc).split("LexerNoViableAltException:", 1)[1].splitlines()[0].strip()
+        return (f"cannot read the override {bad}: a character there is not allowed unquoted "
+                f"(a leading ~ is not expanded either); quote the value, e.g. "
+                f"key='\"my value\"', or give the full path")
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         return unknown_key(getattr(cause, "full_key", "?"))
@@ -344,14 +389,17 @@ def main() -> None:
                 raise
             print(str(exc), file=sys.stderr)
             exit_code = exc.exit_code
-        except (DlrunError, HydraException, OmegaConfBaseException) as exc:
+        except ownership.Refused as exc:  # a run (sweep) directory refused before Hydra began
+            _USER_ERRORS.append(str(exc))
+        except (DlrunError, HydraException, OmegaConfBaseException, OSError) as exc:
             if debug:
                 raise
-            _USER_ERRORS.append(one_line(exc))
-        except OSError as exc:  # e.g. hydra.run.dir not creatable, a full disk
-            if debug:
-                raise
-            _USER_ERRORS.append(os_error_line(exc))
+            # raised outside the run (Hydra failed making or configuring it): what this
+            # invocation made for it goes; a sweep keeps its finished jobs
+            if ownership.MODE == ["run"]:
+                ownership.remove_created("/")
+            plain_os_error = isinstance(exc, OSError) and not isinstance(exc, HydraException)
+            _USER_ERRORS.append(os_error_line(exc) if plain_os_error else one_line(exc))
     _USER_ERRORS.extend(collect_job_errors())
     discard_failed_sweeps()
     for line in _USER_ERRORS:

@@ -6,7 +6,8 @@ the input pipeline's job, not this module's.
 
 - mnist_sample: 5,000 real MNIST digits (4,000 train / 1,000 test) shipped inside the package
   (dlrun/data/mnist_sample.npz, see MNIST_SAMPLE_LICENSE.txt there). Works offline.
-- mnist, fashion_mnist: the four standard IDX gzip files, looked for in `data_dir`, then the
+- mnist, fashion_mnist: the four standard IDX gzip files, read from `data_dir` when it is given
+  (and only from there: an explicit data_dir is authoritative); otherwise looked for in the
   cache dir, then system dirs (Debian's dataset-fashion-mnist package), then downloaded from
   the mirrors into the cache dir.
 
@@ -153,25 +154,24 @@ def default_cache_dir(cache_dir: str | None = None) -> Path:
     return Path.home() / ".cache" / "dlrun"
 
 
-def search_dirs(name: str, *, data_dir: str | None = None, cache_dir: str | None = None
-                ) -> list[Path]:
-    """Directories looked in for `name`'s files, in order: data_dir, cache, system dirs."""
+def search_dirs(name: str, *, cache_dir: str | None = None) -> list[Path]:
+    """Directories looked in for `name`'s files when no data_dir is given: the cache, then
+    system dirs."""
     spec = dataset_spec(name)
-    dirs = [Path(data_dir).expanduser()] if data_dir else []
-    dirs += [default_cache_dir(cache_dir) / name] + [Path(d) for d in spec.system_dirs]
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
+    dirs = [default_cache_dir(cache_dir) / name] + [Path(d) for d in spec.system_dirs]
+    return list(dict.fromkeys(dirs))
 
 
 def locate_files(name: str, *, data_dir: str | None = None, cache_dir: str | None = None,
                  download: bool = True, mirrors: list[str] | None = None,
                  timeout: float = 10.0) -> dict[str, Path]:
-    """Path of each verified file of `name`, downloading missing ones into the cache dir."""
+    """Path of each verified file of `name`. An explicit data_dir is authoritative: the files
+    are read from there or not at all (`in_data_dir`). Otherwise the cache and system dirs are
+    looked in, and missing files downloaded into the cache dir."""
     spec = dataset_spec(name)
-    dirs = search_dirs(name, data_dir=data_dir, cache_dir=cache_dir)
+    if data_dir:
+        return in_data_dir(name, spec, Path(data_dir).expanduser(), cache_dir)
+    dirs = search_dirs(name, cache_dir=cache_dir)
     found: dict[str, Path] = {}
     for fname, accepted in spec.files.items():
         path = next((d / fname for d in dirs if (d / fname).is_file()), None)
@@ -196,6 +196,41 @@ def locate_files(name: str, *, data_dir: str | None = None, cache_dir: str | Non
                             f"downloaded ({tried}); to fix: {spec.how_to_get}")
         found[fname] = path
     return found
+
+
+def in_data_dir(name: str, spec: DatasetSpec, data_dir: Path, cache_dir: str | None
+                ) -> dict[str, Path]:
+    """The files of `name` in the user's data_dir, verified; DataError naming data_dir if it
+    is not a directory or lacks any of them (never a silent fallback to another copy)."""
+    elsewhere = (f"or leave dataset.data_dir unset (null) to use the copies in "
+                 f"{', '.join(map(str, search_dirs(name, cache_dir=cache_dir)))} or download them")
+    if not data_dir.is_dir():
+        what = "a file" if data_dir.exists() else "not there"
+        raise DataError(f"{name}: dataset.data_dir={data_dir} is {what}, not a directory; give "
+                        f"the directory holding {', '.join(spec.files)}, {elsewhere}")
+    missing = [f for f in spec.files if not (data_dir / f).is_file()]
+    if missing:
+        raise DataError(f"{name}: dataset.data_dir={data_dir} lacks {', '.join(missing)}; put "
+                        f"the files there, {elsewhere}")
+    found = {f: data_dir / f for f in spec.files}
+    for fname, path in found.items():
+        _verify_file(name, path, spec.files[fname], default_cache_dir(cache_dir))
+    return found
+
+
+def provenance(name: str, *, data_dir: str | None = None, cache_dir: str | None = None
+               ) -> list[dict]:
+    """Where `name`'s data was read from: one {file, path (resolved), sha256} per file, for
+    summary.json. Call after load_raw (the files are found and hashed then; this re-reads
+    nothing)."""
+    spec = dataset_spec(name)
+    if spec.source == "package":
+        (fname, accepted), = spec.files.items()
+        return [{"file": fname, "path": str(resources.files("dlrun.data").joinpath(fname)),
+                 "sha256": accepted[0]}]
+    paths = locate_files(name, data_dir=data_dir, cache_dir=cache_dir, download=False)
+    return [{"file": f, "path": str(p.resolve()), "sha256": sha256_file(p)}
+            for f, p in paths.items()]
 
 
 def read_idx(source: str | os.PathLike | bytes, *, name: str | None = None) -> np.ndarray:

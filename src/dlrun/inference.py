@@ -40,7 +40,7 @@ from typing import Optional
 
 import numpy as np
 
-from dlrun import __version__
+from dlrun import __version__, ownership
 from dlrun.checkpoint import FORMAT, read_run_info
 from dlrun.errors import ConfigError, DlrunError, FileError
 from dlrun.io import load_arrays
@@ -253,18 +253,30 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
     try:
         run = load_run(args.run_dir)
         dataset = args.dataset or run.dataset
+        out = Path(args.out) if args.out else run.dir / "eval" / f"{dataset}-{args.split}"
+        ownership.check_replaceable(out, EVAL_OUTPUTS, "eval.json", is_eval_record, prog)
         model = Model(run)
         metrics, matrix, n = evaluate(model, dataset, args.split)
     except DlrunError as exc:
         parser.exit(2, f"{prog}: error: {exc}\n")
-    out = Path(args.out) if args.out else run.dir / "eval" / f"{dataset}-{args.split}"
     print(f"run {run.dir}: model {run.model_name}, trained on {run.dataset}")
     print(f"{dataset} {args.split} ({n} images): {format_metrics(metrics)}")
     try:
         written = write_eval(out, run, dataset, args.split, n, metrics, matrix)
+    except FileError as exc:
+        parser.exit(2, f"{prog}: error: {exc}\n")
     except OSError as exc:
         parser.exit(2, f"{prog}: error: cannot write into {out} ({exc.strerror or exc})\n")
     print(f"wrote {out}: {', '.join(written)}")
+
+
+EVAL_OUTPUTS = ("eval.json", "confusion_matrix.csv", "confusion_matrix.png")
+
+
+def is_eval_record(path: Path) -> bool:
+    """Whether `path` is an eval.json dlrun-eval wrote (so the files beside it are its too)."""
+    record = json.loads(path.read_text())
+    return isinstance(record, dict) and {"run_dir", "metrics", "dlrun"} <= record.keys()
 
 
 def write_eval(out: Path, run: Run, dataset: str, split: str, n: int, metrics: dict,
@@ -275,6 +287,7 @@ def write_eval(out: Path, run: Run, dataset: str, split: str, n: int, metrics: d
     record = {"run_dir": str(run.dir.resolve()), "model": run.model_name, "dataset": dataset,
               "split": split, "images": n, "params": "params.pkl", "metrics": metrics,
               "dlrun": __version__}
+    ownership.check_replaceable(out, EVAL_OUTPUTS, "eval.json", is_eval_record, "dlrun-eval")
     written = []
     if matrix is not None:
         record["confusion_matrix"] = matrix.tolist()

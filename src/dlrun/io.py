@@ -1,7 +1,8 @@
 """Atomic file writes (a reader never sees a partial file) and safe pickle reads.
 
 Every file dlrun produces goes through `atomic_write_bytes`: write to a temporary file in the
-same directory, flush and fsync, then rename over the target (rename is atomic on POSIX).
+same directory, flush and fsync, then rename over the target (rename is atomic on POSIX). A file (or directory) that did not
+exist before is noted as this invocation's (dlrun.ownership), so a refused run can remove it.
 Parameter pickles are read back with `load_arrays`, which never executes code from the file.
 """
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from dlrun import ownership
 from dlrun.errors import FileError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ownership.mkdirs(path.parent)
+    existed = os.path.lexists(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -30,9 +33,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # the temporary file this call made
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # "File too large" alone does not say which
         raise
+    if not existed:
+        ownership.note(path, "file")
     return path
 
 

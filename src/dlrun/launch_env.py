@@ -177,20 +177,24 @@ def forward_error(line: str, hc) -> None:
     from dlrun.io import atomic_write_text  # numpy: only now, after the CPU pinning
 
     errors = Path(str(hc.sweep.dir)) / ERRORS_DIR
-    errors.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(errors / f"{hc.job.num}.txt", line)
+    name = f"{os.environ.get(MAIN_PID_VAR, 'x')}-{hc.job.num}.txt"  # this sweep's, by its PID
+    atomic_write_text(errors / name, line)
 
 
 def collect_errors(sweep_dirs) -> list[str]:
-    """The error lines jobs of these sweeps left (see forward_error), by job number; removes
-    them."""
+    """The error lines this sweep's jobs left (see forward_error: files named by this process's
+    PID, so an earlier sweep's leftovers are neither read nor removed), by job number; removes
+    them, and the folder if this sweep made it (dlrun.ownership) and it is empty."""
+    from dlrun import ownership
+
     lines = []
     for sweep_dir in sweep_dirs:
         errors = Path(sweep_dir) / ERRORS_DIR
-        found = sorted(errors.glob("*.txt"), key=lambda p: int(p.stem)) if errors.is_dir() else []
-        lines += [p.read_text() for p in found]
-        for p in found:
+        mine = sorted(errors.glob(f"{os.getpid()}-*.txt"),
+                      key=lambda p: int(p.stem.rsplit("-", 1)[1])) if errors.is_dir() else []
+        lines += [p.read_text() for p in mine]
+        for p in mine:
             p.unlink()
-        if errors.is_dir() and not any(errors.iterdir()):
-            errors.rmdir()
+        if ownership.created(errors):
+            ownership.remove_created(errors, parents=False)
     return lines

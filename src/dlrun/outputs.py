@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrun import ownership
 from dlrun.io import atomic_write_json, atomic_write_pickle, atomic_write_text
 
 
@@ -36,8 +37,7 @@ def jsonable(value):
 
 class RunWriter:
     def __init__(self, workdir: str | os.PathLike):
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = ownership.mkdirs(workdir)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.lines: list[str] = []
 

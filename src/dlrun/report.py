@@ -37,7 +37,9 @@ from typing import Optional
 
 import numpy as np
 
+from dlrun import ownership
 from dlrun.checkpoint import flatten, is_locked
+from dlrun.errors import FileError
 from dlrun.io import atomic_write_text
 
 # Keys that do not define a configuration: the seed (runs differing only in it are repeats),
@@ -46,6 +48,8 @@ IGNORED = ("train.seed", "train.num_seeds", "train.lrs", "train.compile_cache", 
            "resume", "plots", "prune", "dist")
 METRICS = ("final_val", "best_val", "final_test", "best_test")  # --metric choices
 TOP_CURVES = 5  # configurations drawn in report.png
+OUTPUTS = ("report.md", "report.csv", "runs.csv", "report.png")  # what a report writes
+HEADING = "# Sweep report: "  # report.md's first line: how an earlier report is recognised
 
 
 @dataclass
@@ -309,7 +313,7 @@ def markdown(root: Path, rows: list[dict], runs: list[dict], metric: str) -> str
     cell = lambda row, w: ("" if row[f"{w}_mean"] is None else
                            f"{fmt(row[f'{w}_mean'], row['metric'])} ± {fmt(row[f'{w}_std'], row['metric'])}"
                            + (" *" if row[f"{w}_partial"] else ""))
-    lines = [f"# Sweep report: {root}", "",
+    lines = [f"{HEADING}{root}", "",
              f"{len(runs)} run(s) in {len(rows)} configuration(s), ranked by {metric} "
              f"(lowest first). Values{unit}: mean ± std over the configuration's done runs "
              f"(`*`: none done yet, over what its runs reached).", "",
@@ -370,6 +374,10 @@ def write_report(root: str | os.PathLike, metric: str = "final_val", plot: bool 
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no dlrun runs under {root} (no run.json found)")
+    # an earlier report is replaced; a user's file of the same name never is
+    ownership.check_replaceable(root, OUTPUTS, "report.md",
+                                lambda p: p.read_text(errors="replace").startswith(HEADING),
+                                "dlrun-report")
     configs = rank(group_runs(runs), metric)
     rows = config_rows(configs)
     per_run = run_rows(configs, root)
@@ -401,6 +409,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         rows = write_report(path, args.metric, plot=not args.no_plot)
     except FileNotFoundError as exc:
         parser.exit(2, f"dlrun-report: error: {exc}; give the directory a sweep or run wrote\n")
+    except FileError as exc:
+        parser.exit(2, f"dlrun-report: error: {exc}\n")
     except OSError as exc:
         parser.exit(2, f"dlrun-report: error: cannot write into {path} ({exc.strerror or exc})\n")
     best = rows[0]

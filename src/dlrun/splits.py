@@ -56,6 +56,9 @@ def data_config(val_size: int = 0, train_subset: Optional[int] = None,
     """Validate a dataset node. val_size images are held out from the end of the training split;
     preprocess and augment are dlrun.preprocess's."""
     n_train_raw, _ = datasets.REGISTRY[name].counts
+    require(data_dir is None or datasets.REGISTRY[name].source != "package",
+            f"data_dir does not apply to {name}, which ships inside dlrun (got {data_dir}); for "
+            f"your own copy of MNIST use dataset=mnist dataset.data_dir=DIR")
     require(0 <= val_size < n_train_raw,
             f"val_size must be in [0, {n_train_raw}) for {name} (got {val_size})")
     require(train_subset is None or train_subset > 0,
@@ -120,6 +123,13 @@ def load_splits(spec: DataConfig, eval_batch_size: int) -> dict[str, Split]:
         splits["val"] = to_device(x_train[n_fit:], y_train[n_fit:], eval_batch_size)
     splits["test"] = to_device(x_test, y_test, eval_batch_size)
     return splits
+
+
+def data_record(spec: DataConfig) -> dict:
+    """summary.json's `data`: the dataset and where each of its files was read from (resolved
+    path and SHA-256), after load_splits read them."""
+    return {"dataset": spec.name,
+            "files": datasets.provenance(spec.name, data_dir=spec.data_dir)}
 
 
 def check_batch_size(spec: DataConfig, batch_size: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from dlrun.errors import DlrunError
 from dlrun.report import write_report
 
 log = logging.getLogger("dlrun")
@@ -29,7 +30,7 @@ class SweepReport(Callback):
             return
         try:
             rows = write_report(sweep_dir)
-        except OSError as exc:  # the runs themselves are complete and saved
+        except (OSError, DlrunError) as exc:  # the runs themselves are complete and saved
             log.warning("warning: could not write the sweep report into %s: %s", sweep_dir, exc)
             return
         log.info("sweep report (%d configuration(s); best: %s): %s", len(rows), rows[0]["config"],

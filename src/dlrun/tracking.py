@@ -14,6 +14,7 @@ the run before any data is loaded (`pip install -e '.[track]'`).
 from __future__ import annotations
 
 import importlib
+import os
 import logging
 import time
 from dataclasses import dataclass
@@ -64,7 +65,10 @@ def scalars(record: dict) -> dict[str, float]:
 class TensorBoardTracker(Tracker):
     def __init__(self, log_dir: Path):
         tensorboardX = importlib.import_module("tensorboardX")
+        from dlrun import ownership
         self.dir = log_dir
+        if not os.path.lexists(log_dir):  # the writer's own tree: all of it this run's
+            ownership.note(log_dir, "tree")
         self.writer = tensorboardX.SummaryWriter(logdir=str(log_dir))
 
     def log(self, record: dict) -> None:

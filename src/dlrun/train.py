@@ -14,6 +14,7 @@ Loop forms (`train.loop`), chosen per model because XLA:CPU behaves very differe
 import dataclasses
 import json
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import (__version__, datasets, distributed, early_stopping, models, objectives,
-                   preprocess, pruning, splits as data_splits, optim, regularizers, tracking)
+                   ownership, preprocess, pruning, splits as data_splits, optim, regularizers, tracking)
 from dlrun.progress import display as progress_display
 from dlrun.checkpoint import (CheckpointConfig, Checkpoints, Progress, RunLock, checkpoint_config, config_diff,
                               config_hash, has_checkpoint, host_copy, read_run_info, write_run_info)
@@ -684,7 +685,7 @@ def pretrain(setup: Setup, cfg: DictConfig, run_dir: Path, splits: dict, stop: S
         if not (sub_dir / "summary.json").is_file():
             log.info("pretraining layer %d of %d (%s, %d hidden units) in %s", i + 1,
                      len(setup.phases), node["name"], node["hidden"], sub_dir.name)
-            sub_dir.mkdir(exist_ok=True)
+            ownership.mkdirs(sub_dir)
             train_and_evaluate(phase_config(cfg, node, settings), str(sub_dir),
                                resume=has_checkpoint(sub_dir), stop=stop,
                                init_from={"frozen": dict(layers)} if layers else None,
@@ -731,7 +732,8 @@ def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float, draw: 
                            "total_seconds": total_s, "train_seconds": 0.0, "eval_seconds": eval_s,
                            "steady_epoch_seconds": 0.0, "steady_examples_per_second": 0.0},
                "device": {"platform": device.platform, "kind": device.device_kind,
-                          "count": jax.device_count()}, "versions": versions()}
+                          "count": jax.device_count()}, "versions": versions(),
+               "data": data_splits.data_record(setup.dataset)}
     writer.save_summary(summary)
     if draw:  # predicted holds the test split's predictions
         from dlrun import plots
@@ -986,11 +988,18 @@ def pictures(setup: Setup, run_dir: Path, history: list[dict], variables: dict,
     log.info("pictures (%.1fs): %s", time.perf_counter() - t0, ", ".join(names))
 
 
+STALE_TMP = re.compile(r"^\.(.+\.(json|jsonl|pkl|npz|png|csv))\.[A-Za-z0-9_]{8}\.tmp$")
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of atomic writes cut short by a kill (dlrun.io names them .NAME.*.tmp)."""
-    for tmp in run_dir.rglob(".*.tmp"):
-        if tmp.is_file() and "checkpoints" not in tmp.relative_to(run_dir).parts:
-            tmp.unlink(missing_ok=True)
+    """A resumed run: the temporary files of dlrun.io's atomic writes that a kill cut short
+    in an earlier session of this run, in the directories dlrun writes them into (the run's
+    own, seed_<s>/, pretrain_<i>/), with mkstemp's exact names for a dlrun output
+    (`.summary.json.k2j4_x9a.tmp`). Folders of the user's inside the run are not looked in."""
+    for where in [run_dir, *run_dir.glob("seed_*"), *run_dir.glob("pretrain_*")]:
+        for tmp in where.glob(".*.tmp") if where.is_dir() and not where.is_symlink() else ():
+            if tmp.is_file() and not tmp.is_symlink() and STALE_TMP.match(tmp.name):
+                tmp.unlink(missing_ok=True)
 
 
 def evaluated(history: list[dict], select: str) -> list[tuple[int, int, float]]:
@@ -1029,7 +1038,8 @@ def summarize_copies(summaries: list[dict], total_s: float) -> dict:
             "epochs": first["epochs"], "loop": first["loop"], "n_params": first["n_params"],
             "copies": [{"seed": s["seed"], "lr": s["lr"], "dir": f"seed_{s['seed']}",
                         "final": s["final"], "best": s["best"]} for s in summaries],
-            "timings": timings, "device": first["device"], "versions": first["versions"]}
+            "timings": timings, "device": first["device"], "versions": first["versions"],
+            "data": first["data"]}
 
 
 def measure(setup: Setup, state: TrainState, acc: np.ndarray, train_s: float, evaluate: Callable,
@@ -1143,6 +1153,7 @@ def make_summary(setup: Setup, history: list, best: Optional[dict], select: str,
                    "count": jax.device_count(), "processes": distributed.processes(),
                    "data_parallel_devices": setup.mesh.size if setup.mesh is not None else 1},
         "versions": versions(),
+        "data": data_splits.data_record(setup.dataset),
     }
 
 

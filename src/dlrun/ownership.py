@@ -1,0 +1,359 @@
+"""The one place dlrun deletes anything, and the rule it keeps: only what this invocation created.
+
+README, "Nothing lost": dlrun removes a path only if this very invocation (this process, since
+it started) created it. Whatever existed before, a user's files, an earlier run, the working
+directory, stays byte for byte, whatever fails. So every path dlrun or Hydra creates for a run
+is noted here when it is created (or, for what Hydra is about to create, just before), and
+`remove_created` is the only function that removes run outputs: it removes exactly the noted
+paths under a directory, deepest first, each one only as what it was noted as:
+
+  file  a file or symlink this invocation wrote (dlrun.io's atomic writes, Hydra's .hydra/*.yaml
+        and the job log, a resumed sweep's link to an earlier job)
+  dir   a directory this invocation made; removed only once empty
+  tree  a directory this invocation made and handed whole to a library that fills it (Orbax's
+        checkpoints/, tensorboardX's tb/): removed with its contents, which are all this
+        invocation's because the directory did not exist before
+
+Refusing before anything is touched is the other half: `check_run_dir` and `check_sweep_dir`
+(called by dlrun.sweep's Hydra callback before Hydra creates or writes anything) refuse a run
+directory that already holds files, unless it is the run being resumed. The audit of every
+write and delete in dlrun is in docs/design.md ("Never lose a user's data").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from dlrun.errors import ConfigError
+
+# absolute path -> (kind: "file" | "dir" | "tree", the job that made it: see begin_job)
+_CREATED: dict[Path, tuple[str, object]] = {}
+_JOB: list = [None]  # the job running in this process now (its run directory and number)
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in .hydra/
+HYDRA_SUBDIR = "${dlrun_hydra_subdir:}"  # hydra.output_subdir in conf/config.yaml
+PREEXISTING_VAR = "DLRUN_PREEXISTING_JOB_DIRS"  # JSON list: empty job dirs a resumed sweep had
+RUN_MARKERS = ("run.json", "summary.json", "checkpoints", "metrics.jsonl")  # a dlrun run's files
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """`path` made absolute without following symlinks (a link is a path of its own)."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+def begin_job(run_dir: str | os.PathLike, number=None) -> None:
+    """From now on, what is created is job `number`'s in `run_dir` (a sweep's jobs may run one
+    after another in one process: each removes only its own)."""
+    _JOB[0] = (absolute(run_dir), number)
+
+
+def end_job() -> None:
+    _JOB[0] = None
+
+
+def note(path: str | os.PathLike, kind: str) -> None:
+    """Record that this invocation (the current job) created `path` (kind: file, dir, tree)."""
+    assert kind in ("file", "dir", "tree"), kind
+    _CREATED.setdefault(absolute(path), (kind, _JOB[0]))
+
+
+def created(path: str | os.PathLike, by_this_job: bool = False) -> bool:
+    entry = _CREATED.get(absolute(path))
+    return entry is not None and (not by_this_job or entry[1] == _JOB[0])
+
+
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first."""
+    out, p = [], absolute(path)
+    while not os.path.lexists(p) and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out[::-1]
+
+
+def mkdirs(path: str | os.PathLike, kind: str = "dir") -> Path:
+    """mkdir -p `path`, noting every directory it made (`path` itself as `kind`)."""
+    path = absolute(path)
+    made = missing_dirs(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for d in made:
+        note(d, kind if d == path else "dir")
+    return path
+
+
+def expect_dirs(path: str | os.PathLike) -> None:
+    """Note the directories about to be made for `path` by someone else (Hydra's mkdir -p)."""
+    for d in missing_dirs(path):
+        note(d, "dir")
+
+
+def expect_hydra_outputs(run_dir: Path, subdir: str | None, log_file: str | None) -> None:
+    """Note what Hydra is about to write into run_dir (.hydra/*.yaml, the job's log file),
+    each only if it does not exist yet."""
+    if subdir is not None:
+        expect_dirs(run_dir / subdir)
+        for name in HYDRA_FILES:
+            if not os.path.lexists(run_dir / subdir / name):
+                note(run_dir / subdir / name, "file")
+    if log_file and not os.path.lexists(log_file):
+        note(log_file, "file")
+
+
+def remove_created(root: str | os.PathLike, parents: bool = True,
+                   this_job_only: bool = False) -> None:
+    """Remove what this invocation (with this_job_only: the current job) created at or below
+    `root`, deepest first (see the module docstring); then, with parents=True, the directories
+    above `root` it made, while empty. Nothing else is touched; a path that changed kind (a
+    link where a directory was) is left."""
+    root = absolute(root)
+    mine = [p for p, (_, job) in _CREATED.items() if (p == root or root in p.parents)
+            and (not this_job_only or job == _JOB[0])]
+    for path in sorted(mine, key=lambda p: len(p.parts), reverse=True):
+        _remove(path, _CREATED.pop(path)[0])
+    if parents:
+        remove_created_parents(root.parent)
+
+
+def remove_created_parents(path: Path) -> None:
+    """Remove `path` and its ancestors while each is a directory this invocation made and is
+    empty."""
+    path = absolute(path)
+    while path in _CREATED and _CREATED[path][0] == "dir" and _remove(path, _CREATED[path][0]):
+        del _CREATED[path]
+        path = path.parent
+
+
+def _remove(path: Path, kind: str) -> bool:
+    """Remove one noted path as what it was noted as; True if it is gone."""
+    try:
+        if kind == "file":
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        elif path.is_symlink():
+            return False  # a link where this invocation made a directory: not ours
+        elif kind == "tree" and path.is_dir():
+            shutil.rmtree(path)
+        elif kind == "dir" and path.is_dir():
+            if any(path.iterdir()):
+                return False
+            path.rmdir()
+    except OSError:
+        return False
+    return not os.path.lexists(path)
+
+
+# ---- refusing before anything is touched -----------------------------------------------------
+def foreign_entries(path: Path) -> list[Path]:
+    """The entries of directory `path` that the current job did not create."""
+    return [p for p in path.iterdir() if not created(p, by_this_job=True)]
+
+
+def contents(path: Path, limit: int = 4) -> str:
+    """'a.txt, data/, notes.md and 3 more' for the entries of directory `path`."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in foreign_entries(path))
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether directory `path` holds (the start of) a dlrun run."""
+    return any(os.path.lexists(path / m) for m in RUN_MARKERS)
+
+
+def check_run_dir(run_dir: Path, resume, key: str = "hydra.run.dir") -> None:
+    """Refuse (ConfigError) a run directory that already holds something, unless it is the run
+    this invocation resumes: resume=true (with a fixed hydra.run.dir) or resume=<that dir>.
+    An empty directory is fine (it stays when the run is refused; only what is written into it
+    goes). `hydra.run.dir=.` is the working directory, under the same rule."""
+    shown = f"{key}={run_dir}" + (" (the working directory)" if run_dir == absolute(".") else "")
+    if os.path.islink(run_dir) and not run_dir.exists():
+        raise ConfigError(f"{shown} is a symlink to {os.readlink(run_dir)}, which does not exist; "
+                          f"give a new directory")
+    if not os.path.lexists(run_dir):
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{shown} is a file, not a directory; give a new directory "
+                          f"({key}=PATH)")
+    if not foreign_entries(run_dir):
+        return
+    if holds_run(run_dir):
+        resumes_it = resume is True or (isinstance(resume, str) and resume.strip() and
+                                        absolute(Path(resume).expanduser()).resolve()
+                                        == run_dir.resolve())
+        if resumes_it:
+            return
+        raise ConfigError(f"{shown} already holds a dlrun run ({contents(run_dir)}); nothing "
+                          f"was changed. Continue it with resume={run_dir} (only train.epochs "
+                          f"may change), or give a new directory ({key}=PATH)")
+    hint = (f"; with resume=PATH leave {key} out (the run goes on in its own directory)"
+            if isinstance(resume, str) else "")
+    raise ConfigError(f"{shown} is not empty (it holds {contents(run_dir)}); nothing was "
+                      f"changed. A run needs a new or empty directory: give another {key}=PATH"
+                      + hint)
+
+
+def check_sweep_dir(sweep_dir: Path, resume) -> None:
+    """Refuse a sweep directory that already holds something, unless resume=true continues the
+    sweep in it (finished jobs are skipped, stopped ones resumed)."""
+    key = "hydra.sweep.dir"
+    if not os.path.lexists(sweep_dir):
+        return
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{key}={sweep_dir} is a file, not a directory; give a new directory")
+    if not any(sweep_dir.iterdir()):
+        return
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and holds_run(p)]
+    if not jobs and not (sweep_dir / "multirun.yaml").exists():
+        raise ConfigError(f"{key}={sweep_dir} is not empty (it holds {contents(sweep_dir)}) and "
+                          f"is not a dlrun sweep; nothing was changed. Give a new or empty "
+                          f"{key}=PATH")
+    if resume is not True:
+        raise ConfigError(f"{key}={sweep_dir} already holds a sweep ({len(jobs)} job(s)); nothing "
+                          f"was changed. Add resume=true to continue it (finished jobs are "
+                          f"skipped), or give a new {key}=PATH")
+
+
+def note_preexisting_job_dirs(sweep_dir: Path) -> None:
+    """A resumed sweep: tell the jobs (in this process or in launcher workers, through the
+    environment) which job directories existed empty before it, so none is taken for theirs.
+    (A job directory that holds anything is recognised as pre-existing by `hydra_subdir`.)"""
+    empty = ([str(absolute(p)) for p in sweep_dir.iterdir() if p.is_dir() and not p.is_symlink()
+              and not any(p.iterdir())] if sweep_dir.is_dir() else [])
+    os.environ[PREEXISTING_VAR] = json.dumps(empty)
+
+
+def hydra_subdir(run_dir: str | None, multirun: bool, log_file: str | None,
+                 job_number=None) -> str | None:
+    """hydra.output_subdir, as Hydra asks for it in each job after making its directory and
+    before writing into it: `.hydra` for a directory this invocation gets empty, None (Hydra
+    writes nothing) for one that already holds something, so an earlier run's .hydra/ files are
+    never overwritten. Notes what Hydra is about to write."""
+    if not run_dir:
+        return ".hydra"
+    path = absolute(run_dir)
+    if _JOB[0] != (path, job_number):
+        begin_job(path, job_number)
+    if path.is_dir() and foreign_entries(path):
+        return None
+    if multirun and str(path) not in json.loads(os.environ.get(PREEXISTING_VAR, "[]")):
+        note(path, "dir")  # the launcher just made it in a sweep directory it checked
+    expect_hydra_outputs(path, ".hydra", log_file)
+    return ".hydra"
+
+
+# ---- the Hydra callback: check before Hydra makes or writes anything -------------------------
+class Refused(BaseException):
+    """A run or sweep directory refused before Hydra touched it. A BaseException because Hydra
+    turns an Exception raised in a callback into a warning and goes on; the CLI prints the
+    message as its one error line (exit 2)."""
+
+
+MODE: list[str] = []  # "run" or "multirun", once Hydra has started one (read by the CLI)
+
+
+def shared_by_processes(dist_enabled: bool, run_dir: Path, log_name: str) -> bool:
+    """A multi-process run (dist.enabled) with one fixed run directory: another process of the
+    same run may have written Hydra's files into it already (only those are tolerated)."""
+    names = {p.name for p in foreign_entries(run_dir)} if run_dir.is_dir() else set()
+    return dist_enabled and names <= {".hydra", log_name}
+
+
+def check_job_dir(run_dir: Path, resume, multirun: bool, log_files: list[str],
+                  dist_enabled: bool) -> None:
+    """In each job, before it logs or writes anything: its directory (Hydra made it, or found
+    it: a sweep's job directories are not checked before the sweep starts) must hold nothing
+    but what this job created, or be the run `resume` continues; and a log file that exists
+    already is appended to only in that run's own directory. ConfigError otherwise."""
+    run_dir = absolute(run_dir)
+    key = "hydra.sweep.dir/hydra.sweep.subdir" if multirun else "hydra.run.dir"
+    logs = [absolute(f) for f in log_files]
+    if not shared_by_processes(dist_enabled, run_dir, logs[0].name if logs else ""):
+        check_run_dir(run_dir, resume, key)
+    resumed_here = run_dir.is_dir() and bool(foreign_entries(run_dir))  # passed: a run resumed
+    for log in logs:
+        if os.path.lexists(log) and not created(log, by_this_job=True) and not (
+                resumed_here and log.parent == run_dir):
+            raise ConfigError(f"the log file {log} exists already and is not this run's "
+                              f"(hydra.job_logging.handlers.file.filename); dlrun does not "
+                              f"write into a file it did not make: give a new file name")
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra-core is a dependency
+    Callback = object
+
+
+def _check_output_subdir(config) -> None:
+    """hydra.output_subdir must stay dlrun's (or be null: no .hydra/ at all): a path of the
+    user's would have Hydra write its yaml files outside the checked run directory."""
+    value = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+    if value not in (HYDRA_SUBDIR, None):
+        raise ConfigError(f"hydra.output_subdir={value} is not supported: dlrun writes Hydra's "
+                          f"config snapshot into .hydra/ of a new run directory only; leave "
+                          f"it out, or hydra.output_subdir=null for none")
+
+
+class GuardRunDirs(Callback):
+    """Registered in conf/config.yaml (hydra.callbacks.guard_run_dirs). Before Hydra makes the
+    run (sweep) directory and writes its .hydra/ files and log into it: refuse a directory that
+    already holds something (`check_run_dir`, `check_sweep_dir`), and note the directories
+    Hydra is about to make as this invocation's. Each job's own directory is checked again
+    by the job itself (`check_job_dir`), before it writes anything."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        MODE.append("run")
+        run_dir = absolute(str(config.hydra.run.dir))
+        try:
+            _check_output_subdir(config)
+            dist = bool((config.get("dist") or {}).get("enabled"))
+            if not shared_by_processes(dist, run_dir, f"{config.hydra.job.name}.log"):
+                check_run_dir(run_dir, config.get("resume"))
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
+        expect_dirs(run_dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        MODE.append("multirun")
+        sweep_dir = absolute(str(config.hydra.sweep.dir))
+        try:
+            _check_output_subdir(config)
+            check_sweep_dir(sweep_dir, config.get("resume"))
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
+        note_preexisting_job_dirs(sweep_dir)
+        expect_dirs(sweep_dir)
+        from dlrun.launch_env import ERRORS_DIR
+        if not os.path.lexists(sweep_dir / ERRORS_DIR):
+            note(sweep_dir / ERRORS_DIR, "dir")
+        if not os.path.lexists(sweep_dir / "multirun.yaml"):
+            note(sweep_dir / "multirun.yaml", "file")  # Hydra's basic sweeper writes it
+
+
+# ---- tools that write named files into a directory the user gives (dlrun-eval, dlrun-report)
+def check_replaceable(directory: Path, names: tuple[str, ...], marker: str,
+                      is_ours: Callable[[Path], bool], prog: str) -> None:
+    """Before `prog` writes `names` into `directory`: refuse (FileError, nothing written) if
+    any of them exists and is not an earlier output of `prog`, recognised by its `marker` file
+    (one of `names`, written with the others) passing `is_ours`. Other files there are never
+    touched."""
+    from dlrun.errors import FileError
+
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise FileError(f"{directory} is a file, not a directory; nothing was changed. Give "
+                        f"a directory (new, or holding an earlier {prog} output)")
+    existing = [n for n in names if os.path.lexists(directory / n)]
+    if not existing:
+        return
+    mark = directory / marker
+    try:
+        ours = mark.is_file() and not mark.is_symlink() and is_ours(mark)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise FileError(f"{directory} already holds {', '.join(existing)}, not written by {prog}; "
+                        f"nothing was changed. Move them, or give another directory")
