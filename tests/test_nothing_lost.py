@@ -172,11 +172,23 @@ def _unquoted_tilde(tmp):
     return ["resume=~/run"], ["quote the value"]
 
 
+def _unknown_user_home(tmp):
+    return ["resume='~nosuchuser/run'"], ["resume=~nosuchuser/run", "give the full path"]
+
+
+def _eager_log_handler(tmp):
+    return [*TINY, "hydra/job_logging=default", "hydra.run.dir=new"], ["delay: true"]
+
+
+def _dot_dot_after_a_name(tmp):
+    return [*TINY, "hydra.run.dir=a/../b"], ["'..' after a directory name"]
+
+
 CASES = [_user_dir, _cwd, _same_config_into_run, _bad_value_into_run, _resume_into_cwd,
          _rerun_sweep, _sweep_with_bad_value, _symlinked_run_dir, _dangling_link, _resume_a_file,
          _resume_true_other_config, _run_dir_is_a_file, _data_dir_is_a_file, _sweep_into_user_dir,
          _output_subdir_outside, _output_subdir_into_resumed_run, _log_file_of_the_users,
-         _unquoted_tilde]
+         _unquoted_tilde, _unknown_user_home, _eager_log_handler, _dot_dot_after_a_name]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[1:] for c in CASES])
@@ -221,6 +233,37 @@ def test_jobs_sharing_one_directory_never_undo_each_other(tmp_path):
     summary = json.loads((tmp_path / "new" / "same" / "summary.json").read_text())
     assert json.loads((tmp_path / "new" / "same" / "run.json").read_text())["config"]["optim"]["lr"] == 0.01
     assert summary["epochs"] == 1  # job 0's run, complete
+
+
+NESTED = "hydra.sweep.subdir=${model.name}/${hydra.job.num}"
+
+
+def test_a_sweep_with_nested_job_dirs_keeps_its_runs(tmp_path):
+    proc = run(tmp_path, "-m", *TINY, "optim.lr=0.01,abc", "hydra.sweep.dir=sw", NESTED)
+    (line,) = error_lines(proc)
+    assert "job 1" in line
+    assert (tmp_path / "sw" / "logreg" / "0" / "summary.json").is_file()
+    assert not (tmp_path / "sw" / "logreg" / "1").exists() and (tmp_path / "sw" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_nested_sweep_whose_jobs_all_fail_leaves_nothing(launcher, tmp_path):
+    user_files(tmp_path)
+    before = snapshot(tmp_path)
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    lines = error_lines(run(tmp_path, "-m", *TINY, "optim.lr=-1,-2", *extra, NESTED))
+    assert len(lines) == 2
+    assert snapshot(tmp_path) == before  # no outputs/, no empty logreg/ of the failed jobs
+
+
+def test_an_optuna_search_whose_trials_all_fail_is_one_line_each(tmp_path):
+    """(Optuna logs its study's creation on stderr too; then one line per failed trial.)"""
+    proc = run(tmp_path, "-m", "hparams_search=logreg", "hydra.sweeper.n_trials=2", *TINY,
+               "train.batch_size=-1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, describe(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dlrun: error: job ")]
+    assert len(lines) == 2 and all("train.batch_size" in line for line in lines), lines
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_resumed_sweep_refuses_a_users_folder_named_like_a_job(tmp_path, finished_sweep):

@@ -76,22 +76,22 @@ def test_expect_hydra_outputs_skips_files_that_exist(tmp_path):
 
 def test_hydra_subdir_writes_nothing_into_a_directory_that_holds_something(tmp_path):
     (tmp_path / "run.json").write_text("{}")
-    assert ownership.hydra_subdir(str(tmp_path), multirun=True, log_file=None) is None
+    assert ownership.hydra_subdir(str(tmp_path), str(tmp_path.parent), log_file=None) is None
     assert ownership._CREATED == {}
     job = tmp_path / "sweep" / "3"
     job.mkdir(parents=True)
-    assert ownership.hydra_subdir(str(job), multirun=True, log_file=str(job / "dlrun.log")) == ".hydra"
+    assert ownership.hydra_subdir(str(job), str(job.parent), log_file=str(job / "dlrun.log")) == ".hydra"
     assert ownership.created(job) and ownership.created(job / "dlrun.log")
 
 
 def test_hydra_subdir_leaves_an_empty_job_dir_a_resumed_sweep_had(tmp_path, monkeypatch):
-    sweep = tmp_path / "sweep"
+    sweep = ownership.absolute(tmp_path / "sweep")
     (sweep / "0").mkdir(parents=True)
     (sweep / "1").mkdir()
     (sweep / "1" / "run.json").write_text("{}")
-    ownership.note_preexisting_job_dirs(sweep)
+    ownership.note_sweep_start(sweep)
     assert json.loads(os.environ[ownership.PREEXISTING_VAR]) == [str(sweep / "0")]
-    assert ownership.hydra_subdir(str(sweep / "0"), multirun=True, log_file=None) == ".hydra"
+    assert ownership.hydra_subdir(str(sweep / "0"), str(sweep), log_file=None) == ".hydra"
     assert not ownership.created(sweep / "0")
 
 
@@ -175,3 +175,59 @@ def test_remove_created_parents_stops_at_the_first_directory_not_made(tmp_path):
     ownership.remove_created(tmp_path / "outputs" / "2026-12-01" / "run")
     assert list(tmp_path.iterdir()) == []
     assert Path(tmp_path).is_dir()
+
+
+def test_a_job_dir_outside_the_sweep_dir_is_never_taken_for_the_jobs(tmp_path):
+    outside = tmp_path / "data"
+    outside.mkdir()  # empty, the user's
+    assert ownership.hydra_subdir(str(outside), str(tmp_path / "sweep"), log_file=None) == ".hydra"
+    assert not ownership.created(outside)
+
+
+def test_the_second_process_of_a_run_writes_no_hydra_files(tmp_path):
+    assert ownership.hydra_subdir(str(tmp_path), None, None, secondary=True) is None
+    assert ownership.secondary_process({"enabled": True, "process_id": 1})
+    assert not ownership.secondary_process({"enabled": True, "process_id": 0})
+    assert not ownership.secondary_process({"enabled": False, "process_id": 1})
+
+
+def test_new_empty_dirs_under_a_sweep_go_at_its_end_old_ones_stay(tmp_path):
+    sweep = ownership.absolute(tmp_path / "sweep")
+    (sweep / "old-empty").mkdir(parents=True)
+    ownership.note_sweep_start(sweep)
+    (sweep / "mlp" / "3").mkdir(parents=True)  # a failed job's leftovers in a worker
+    (sweep / "kept" / "1").mkdir(parents=True)
+    (sweep / "kept" / "1" / "run.json").write_text("{}")
+    ownership.remove_new_empty_dirs(sweep)
+    assert sorted(p.name for p in sweep.iterdir()) == ["kept", "old-empty"]
+
+
+def test_a_lone_multirun_yaml_of_another_app_is_not_a_dlrun_sweep(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  job:\n    name: other_app\n")
+    with pytest.raises(ConfigError, match="is not a dlrun sweep"):
+        ownership.check_sweep_dir(tmp_path, True)
+
+
+def test_held_logs_reach_the_file_only_when_let_through(tmp_path):
+    """cli.HeldLogs: a job's log lines are kept back until it may write where it is."""
+    import logging
+    from dlrun.cli import HeldLogs
+    root, log = logging.getLogger(), logging.getLogger("dlrun.test")
+    handler = logging.FileHandler(tmp_path / "dlrun.log", delay=True)
+    root.addHandler(handler)
+    try:
+        held = HeldLogs()
+        log.warning("first")
+        log.warning("second")
+        assert not (tmp_path / "dlrun.log").exists()
+        held.let_through()
+        log.warning("third")
+        assert (tmp_path / "dlrun.log").read_text().split() == ["first", "second", "third"]
+        refused = HeldLogs()
+        log.warning("never written")
+        refused.drop()
+        assert handler not in root.handlers
+        assert "never" not in (tmp_path / "dlrun.log").read_text()
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -14,6 +14,7 @@ Set DLRUN_DEBUG=1 to get the full traceback instead.
 import time
 
 STARTED_AT = time.perf_counter()  # "start to first step" is measured from here
+STARTED_WALL = time.time()
 
 import difflib  # noqa: E402
 import importlib.resources  # noqa: E402
@@ -50,10 +51,12 @@ OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 def _hydra_subdir(*, _root_) -> str | None:
     """hydra.output_subdir for each job (see dlrun.ownership.hydra_subdir)."""
     select = lambda key: OmegaConf.select(_root_, key, default=None, throw_on_missing=False)  # noqa: E731
+    multirun = select("hydra.mode") == RunMode.MULTIRUN
     return ownership.hydra_subdir(select("hydra.runtime.output_dir"),
-                                  select("hydra.mode") == RunMode.MULTIRUN,
+                                  select("hydra.sweep.dir") if multirun else None,
                                   select("hydra.job_logging.handlers.file.filename"),
-                                  select("hydra.job.num"))
+                                  select("hydra.job.num"),
+                                  ownership.secondary_process(select("dist")))
 
 
 OmegaConf.register_new_resolver("dlrun_hydra_subdir", _hydra_subdir, replace=True)
@@ -69,7 +72,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     held = HeldLogs()  # nothing reaches a log file until this job may write where it is
     try:
         ownership.check_job_dir(workdir, cfg.get("resume"), multirun, held.paths(),
-                                bool((cfg.get("dist") or {}).get("enabled")))
+                                ownership.secondary_process(cfg.get("dist")))
     except ConfigError as exc:
         held.drop()
         discard_run_dir(workdir, multirun)  # what Hydra made for it (nothing, if it was there)
@@ -99,7 +102,7 @@ def run_job(cfg: DictConfig, hc, workdir: Path, multirun: bool, started_at: floa
         cfg = share_config(cfg)
         if target is not None and target.resolve() != workdir.resolve():  # not a requeued job
             adopt_run_dir(target, workdir, held, link=multirun)
-        held.release()
+        held.let_through()
         run_dir = target or workdir
         summary = train_and_evaluate(cfg, str(run_dir), started_at=started_at,
                                      resume=target is not None, stop=_STOP,
@@ -158,8 +161,9 @@ def report_error(message: str, hc, multirun: bool) -> None:
 class HeldLogs(logging.Handler):
     """The run's log file handlers, taken off the root logger while the job is checked: the
     console shows every line at once; the files get them (in order, with their own times) once
-    the job may write where it is (`release`), or never (`drop`: a refused job writes no log,
-    and adds nothing to an earlier run's)."""
+    the job may write where it is (`let_through`; not named `release`, which is
+    logging.Handler's lock), or never (`drop`: a refused job writes no log, and adds nothing
+    to an earlier run's)."""
 
     def __init__(self):
         super().__init__()
@@ -173,7 +177,7 @@ class HeldLogs(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
-    def release(self) -> None:
+    def let_through(self) -> None:
         root = logging.getLogger()
         root.removeHandler(self)
         for handler in self.files:
@@ -259,16 +263,19 @@ def collect_job_errors() -> list[str]:
     """The error lines of jobs that ran in other processes (launch_env.forward_error)."""
     from dlrun.sweep import STARTED_SWEEPS
 
-    return launch_env.collect_errors(STARTED_SWEEPS)
+    return launch_env.collect_errors(STARTED_SWEEPS, since=STARTED_WALL)
 
 
 def discard_failed_sweeps() -> None:
-    """A sweep none of whose jobs completed leaves nothing this invocation created (not even
-    multirun.yaml); a sweep directory that existed before stays."""
+    """The end of a sweep: one in which no job started a run (no run.json anywhere under it,
+    at any depth of hydra.sweep.subdir) leaves nothing this invocation created (not even
+    multirun.yaml); any sweep loses the empty directories its failed jobs left. A sweep
+    directory that existed before stays."""
     from dlrun.sweep import STARTED_SWEEPS
 
     for sweep_dir in STARTED_SWEEPS:
-        if not any(sweep_dir.glob("*/summary.json")) and not any(sweep_dir.glob("*/checkpoints")):
+        ownership.remove_new_empty_dirs(sweep_dir)
+        if not ownership.holds_runs(sweep_dir):
             ownership.remove_created(sweep_dir)
 
 
@@ -378,6 +385,7 @@ def main() -> None:
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     os.environ[launch_env.MAIN_PID_VAR] = str(os.getpid())  # jobs in other processes see it
+    os.environ[launch_env.SWEEP_ID_VAR] = _UID
     sys.argv[1:] = launch_env.default_overrides(sys.argv[1:])  # joblib on GPUs: 1 job per GPU
     keep_freed_memory()  # before XLA starts its threads: see allocator.py (1.6x on the convnet)
     exit_code = 0
@@ -391,6 +399,9 @@ def main() -> None:
             exit_code = exc.exit_code
         except ownership.Refused as exc:  # a run (sweep) directory refused before Hydra began
             _USER_ERRORS.append(str(exc))
+        except ValueError as exc:  # Optuna, when every trial failed: their lines follow
+            if debug or "No trials are completed yet" not in str(exc):
+                raise
         except (DlrunError, HydraException, OmegaConfBaseException, OSError) as exc:
             if debug:
                 raise

@@ -40,6 +40,7 @@ from dlrun.allocator import keep_freed_memory
 
 log = logging.getLogger("dlrun")
 MAIN_PID_VAR = "DLRUN_MAIN_PID"  # set by the `dlrun` process that starts the sweep
+SWEEP_ID_VAR = "DLRUN_SWEEP_ID"  # and its unique id (PID + random): names its jobs' error files
 ERRORS_DIR = ".dlrun-errors"  # <sweep dir>/.dlrun-errors/<job>.txt: a worker's error line
 GPU_MEMORY_SHARED = 0.9  # of a GPU's memory, split among the jobs sharing it
 _slot_socket: socket.socket | None = None  # held for the life of the worker process
@@ -170,28 +171,32 @@ def default_overrides(args: list[str]) -> list[str]:
 
 def forward_error(line: str, hc) -> None:
     """A job run in another process (joblib, submitit, ray) cannot add its one-line error to
-    the `dlrun` process's list: it leaves it in <sweep dir>/.dlrun-errors/<job>.txt, which
+    the `dlrun` process's list: it leaves it in <sweep dir>/.dlrun-errors/<sweep id>-<job>.txt, which
     `collect_errors` reads back there when the sweep ends."""
     if in_main_process():
         return
     from dlrun.io import atomic_write_text  # numpy: only now, after the CPU pinning
 
     errors = Path(str(hc.sweep.dir)) / ERRORS_DIR
-    name = f"{os.environ.get(MAIN_PID_VAR, 'x')}-{hc.job.num}.txt"  # this sweep's, by its PID
+    name = f"{os.environ.get(SWEEP_ID_VAR, 'unknown')}-{hc.job.num}.txt"  # this sweep's
     atomic_write_text(errors / name, line)
 
 
-def collect_errors(sweep_dirs) -> list[str]:
-    """The error lines this sweep's jobs left (see forward_error: files named by this process's
-    PID, so an earlier sweep's leftovers are neither read nor removed), by job number; removes
-    them, and the folder if this sweep made it (dlrun.ownership) and it is empty."""
+def collect_errors(sweep_dirs, since: float) -> list[str]:
+    """The error lines this sweep's jobs left (see forward_error: files named by this sweep's
+    id, so an earlier sweep's leftovers are neither read nor removed; `unknown-<job>` from a
+    worker that did not inherit the id, e.g. on a remote Ray node, if written since `since`),
+    by job number; removes them, and the folder if this sweep made it (dlrun.ownership) and it
+    is empty."""
     from dlrun import ownership
 
     lines = []
     for sweep_dir in sweep_dirs:
         errors = Path(sweep_dir) / ERRORS_DIR
-        mine = sorted(errors.glob(f"{os.getpid()}-*.txt"),
-                      key=lambda p: int(p.stem.rsplit("-", 1)[1])) if errors.is_dir() else []
+        found = [*errors.glob(f"{os.environ.get(SWEEP_ID_VAR)}-*.txt"),
+                 *(p for p in errors.glob("unknown-*.txt") if p.stat().st_mtime >= since)
+                 ] if errors.is_dir() else []
+        mine = sorted(found, key=lambda p: int(p.stem.rsplit("-", 1)[1]))
         lines += [p.read_text() for p in mine]
         for p in mine:
             p.unlink()

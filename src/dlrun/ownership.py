@@ -159,6 +159,12 @@ def contents(path: Path, limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def holds_runs(sweep_dir: Path) -> bool:
+    """Whether any job of a sweep started a run: a run.json in a job directory (a resumed
+    sweep's links to earlier jobs included), at any depth of hydra.sweep.subdir."""
+    return any(sweep_dir.glob("*/run.json")) or any(sweep_dir.rglob("run.json"))
+
+
 def holds_run(path: Path) -> bool:
     """Whether directory `path` holds (the start of) a dlrun run."""
     return any(os.path.lexists(path / m) for m in RUN_MARKERS)
@@ -207,7 +213,7 @@ def check_sweep_dir(sweep_dir: Path, resume) -> None:
     if not any(sweep_dir.iterdir()):
         return
     jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and holds_run(p)]
-    if not jobs and not (sweep_dir / "multirun.yaml").exists():
+    if not jobs and not is_dlrun_multirun_yaml(sweep_dir / "multirun.yaml"):
         raise ConfigError(f"{key}={sweep_dir} is not empty (it holds {contents(sweep_dir)}) and "
                           f"is not a dlrun sweep; nothing was changed. Give a new or empty "
                           f"{key}=PATH")
@@ -217,30 +223,76 @@ def check_sweep_dir(sweep_dir: Path, resume) -> None:
                           f"skipped), or give a new {key}=PATH")
 
 
-def note_preexisting_job_dirs(sweep_dir: Path) -> None:
-    """A resumed sweep: tell the jobs (in this process or in launcher workers, through the
-    environment) which job directories existed empty before it, so none is taken for theirs.
-    (A job directory that holds anything is recognised as pre-existing by `hydra_subdir`.)"""
-    empty = ([str(absolute(p)) for p in sweep_dir.iterdir() if p.is_dir() and not p.is_symlink()
-              and not any(p.iterdir())] if sweep_dir.is_dir() else [])
-    os.environ[PREEXISTING_VAR] = json.dumps(empty)
+def is_dlrun_multirun_yaml(path: Path) -> bool:
+    """Whether `path` is the multirun.yaml of a dlrun sweep (not another Hydra app's)."""
+    try:
+        return path.is_file() and "dlrun.ownership.GuardRunDirs" in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
-def hydra_subdir(run_dir: str | None, multirun: bool, log_file: str | None,
-                 job_number=None) -> str | None:
+_SWEEP_START: dict[Path, set[Path]] = {}  # sweep dir -> the directories under it at its start
+
+
+def note_sweep_start(sweep_dir: Path) -> None:
+    """Remember the directories a sweep directory holds when the sweep starts (none: a new
+    one), and tell the jobs (in this process or in launcher workers, through the environment)
+    which of them are empty, so no job takes one for its own. (A job directory that holds
+    anything is recognised as pre-existing by `hydra_subdir`.)"""
+    dirs = {absolute(root) for root, _, _ in os.walk(sweep_dir)} if sweep_dir.is_dir() else set()
+    _SWEEP_START[sweep_dir] = dirs
+    os.environ[PREEXISTING_VAR] = json.dumps(sorted(
+        str(d) for d in dirs if d != sweep_dir and not d.is_symlink() and not any(d.iterdir())))
+
+
+def remove_new_empty_dirs(sweep_dir: Path) -> None:
+    """At the end of a sweep: the empty directories under its directory that were not there
+    when it started (what failed jobs in launcher workers leave of a nested
+    hydra.sweep.subdir, e.g. mlp/ of mlp/3/), deepest first. Only empty ones."""
+    before = _SWEEP_START.get(absolute(sweep_dir))
+    if before is None or not sweep_dir.is_dir():
+        return
+    for root, _, _ in os.walk(sweep_dir, topdown=False):
+        path = absolute(root)
+        if path != absolute(sweep_dir) and path not in before and not path.is_symlink():
+            try:
+                if not any(path.iterdir()):
+                    path.rmdir()
+            except OSError:
+                pass
+
+
+def secondary_process(dist) -> bool:
+    """Process k > 0 of a multi-process run (dist.enabled; its rank from dist.process_id or
+    the cluster's environment, as jax.distributed finds it): process 0 writes the run, this
+    one writes nothing into the run directory (no .hydra/, no log)."""
+    if not dist or not dist.get("enabled"):
+        return False
+    rank = dist.get("process_id")
+    for var in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if rank is None and os.environ.get(var, "").isdigit():
+            rank = int(os.environ[var])
+    return bool(rank)
+
+
+def hydra_subdir(run_dir: str | None, sweep_dir: str | None, log_file: str | None,
+                 job_number=None, secondary: bool = False) -> str | None:
     """hydra.output_subdir, as Hydra asks for it in each job after making its directory and
     before writing into it: `.hydra` for a directory this invocation gets empty, None (Hydra
     writes nothing) for one that already holds something, so an earlier run's .hydra/ files are
-    never overwritten. Notes what Hydra is about to write."""
+    never overwritten, and for process k > 0 of a multi-process run. Notes what Hydra is about
+    to write. sweep_dir: the sweep's directory (None outside a sweep), which was checked before
+    the sweep: a new job directory inside it is this job's."""
     if not run_dir:
         return ".hydra"
     path = absolute(run_dir)
     if _JOB[0] != (path, job_number):
         begin_job(path, job_number)
-    if path.is_dir() and foreign_entries(path):
+    if secondary or (path.is_dir() and foreign_entries(path)):
         return None
-    if multirun and str(path) not in json.loads(os.environ.get(PREEXISTING_VAR, "[]")):
-        note(path, "dir")  # the launcher just made it in a sweep directory it checked
+    if (sweep_dir and absolute(sweep_dir) in path.parents
+            and str(path) not in json.loads(os.environ.get(PREEXISTING_VAR, "[]"))):
+        note(path, "dir")  # the launcher just made it in the sweep directory checked before
     expect_hydra_outputs(path, ".hydra", log_file)
     return ".hydra"
 
@@ -255,26 +307,20 @@ class Refused(BaseException):
 MODE: list[str] = []  # "run" or "multirun", once Hydra has started one (read by the CLI)
 
 
-def shared_by_processes(dist_enabled: bool, run_dir: Path, log_name: str) -> bool:
-    """A multi-process run (dist.enabled) with one fixed run directory: another process of the
-    same run may have written Hydra's files into it already (only those are tolerated)."""
-    names = {p.name for p in foreign_entries(run_dir)} if run_dir.is_dir() else set()
-    return dist_enabled and names <= {".hydra", log_name}
-
-
 def check_job_dir(run_dir: Path, resume, multirun: bool, log_files: list[str],
-                  dist_enabled: bool) -> None:
+                  secondary: bool) -> None:
     """In each job, before it logs or writes anything: its directory (Hydra made it, or found
     it: a sweep's job directories are not checked before the sweep starts) must hold nothing
     but what this job created, or be the run `resume` continues; and a log file that exists
-    already is appended to only in that run's own directory. ConfigError otherwise."""
+    already is appended to only in that run's own directory. ConfigError otherwise. Process
+    k > 0 of a multi-process run writes nothing there (process 0 checks it)."""
+    if secondary:
+        return
     run_dir = absolute(run_dir)
-    key = "hydra.sweep.dir/hydra.sweep.subdir" if multirun else "hydra.run.dir"
-    logs = [absolute(f) for f in log_files]
-    if not shared_by_processes(dist_enabled, run_dir, logs[0].name if logs else ""):
-        check_run_dir(run_dir, resume, key)
+    check_run_dir(run_dir, resume, "hydra.sweep.dir/hydra.sweep.subdir" if multirun else
+                  "hydra.run.dir")
     resumed_here = run_dir.is_dir() and bool(foreign_entries(run_dir))  # passed: a run resumed
-    for log in logs:
+    for log in map(absolute, log_files):
         if os.path.lexists(log) and not created(log, by_this_job=True) and not (
                 resumed_here and log.parent == run_dir):
             raise ConfigError(f"the log file {log} exists already and is not this run's "
@@ -288,14 +334,39 @@ except ImportError:  # pragma: no cover - hydra-core is a dependency
     Callback = object
 
 
-def _check_output_subdir(config) -> None:
-    """hydra.output_subdir must stay dlrun's (or be null: no .hydra/ at all): a path of the
-    user's would have Hydra write its yaml files outside the checked run directory."""
-    value = OmegaConf.to_container(config.hydra, resolve=False).get("output_subdir")
+def _check_hydra_paths(config, multirun: bool) -> None:
+    """Where Hydra itself writes must stay where dlrun checks: hydra.output_subdir dlrun's (or
+    null: no .hydra/ at all), log file handlers that append and open lazily, and no '..' after
+    a directory name in the run (sweep) directory (Hydra would make that directory too)."""
+    hydra_node = OmegaConf.to_container(config.hydra, resolve=False)
+    value = hydra_node.get("output_subdir")
     if value not in (HYDRA_SUBDIR, None):
         raise ConfigError(f"hydra.output_subdir={value} is not supported: dlrun writes Hydra's "
                           f"config snapshot into .hydra/ of a new run directory only; leave "
                           f"it out, or hydra.output_subdir=null for none")
+    for name, handler in ((hydra_node.get("job_logging") or {}).get("handlers") or {}).items():
+        if str(handler.get("class", "")).endswith("FileHandler") and (
+                handler.get("delay") is not True or handler.get("mode", "a") != "a"):
+            raise ConfigError(f"hydra.job_logging.handlers.{name}: a log file handler must "
+                              f"append (mode: a) and open its file lazily (delay: true), so "
+                              f"that a refused run writes nothing; dlrun's own "
+                              f"(hydra/job_logging=dlrun, the default) does")
+    keys = (("hydra.sweep.dir", str(config.hydra.sweep.dir)),
+            ("hydra.sweep.subdir", str(hydra_node["sweep"]["subdir"]))) if multirun else (
+        ("hydra.run.dir", str(config.hydra.run.dir)),)
+    for key, raw in keys:
+        parts = Path(raw).parts
+        if any(p == ".." and i and parts[i - 1] != ".." for i, p in enumerate(parts)):
+            raise ConfigError(f"{key}={raw}: '..' after a directory name is not supported "
+                              f"(Hydra would make that directory as well); write the path "
+                              f"without it")
+
+
+def _refusal(exc: Exception, key: str, path: Path) -> Refused:
+    if isinstance(exc, ConfigError):
+        return Refused(str(exc))
+    return Refused(f"cannot check {key}={path} ({exc}); nothing was changed. Give a directory "
+                   f"dlrun can read, or a new one")
 
 
 class GuardRunDirs(Callback):
@@ -309,24 +380,23 @@ class GuardRunDirs(Callback):
         MODE.append("run")
         run_dir = absolute(str(config.hydra.run.dir))
         try:
-            _check_output_subdir(config)
-            dist = bool((config.get("dist") or {}).get("enabled"))
-            if not shared_by_processes(dist, run_dir, f"{config.hydra.job.name}.log"):
+            _check_hydra_paths(config, multirun=False)
+            if not secondary_process(config.get("dist")):
                 check_run_dir(run_dir, config.get("resume"))
-        except ConfigError as exc:
-            raise Refused(str(exc)) from None
-        expect_dirs(run_dir)
+            expect_dirs(run_dir)
+        except (ConfigError, OSError, RuntimeError, ValueError) as exc:
+            raise _refusal(exc, "hydra.run.dir", run_dir) from None
 
     def on_multirun_start(self, config, **kwargs) -> None:
         MODE.append("multirun")
         sweep_dir = absolute(str(config.hydra.sweep.dir))
         try:
-            _check_output_subdir(config)
+            _check_hydra_paths(config, multirun=True)
             check_sweep_dir(sweep_dir, config.get("resume"))
-        except ConfigError as exc:
-            raise Refused(str(exc)) from None
-        note_preexisting_job_dirs(sweep_dir)
-        expect_dirs(sweep_dir)
+            note_sweep_start(sweep_dir)
+            expect_dirs(sweep_dir)
+        except (ConfigError, OSError, RuntimeError, ValueError) as exc:
+            raise _refusal(exc, "hydra.sweep.dir", sweep_dir) from None
         from dlrun.launch_env import ERRORS_DIR
         if not os.path.lexists(sweep_dir / ERRORS_DIR):
             note(sweep_dir / ERRORS_DIR, "dir")

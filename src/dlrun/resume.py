@@ -57,7 +57,10 @@ def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
         return found, cfg
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"resume must be true, false or a run directory (got {value!r})")
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # ~user that does not exist
+        raise ConfigError(f"resume={value}: {exc}; give the full path") from None
     if not path.is_dir():
         what = "is a file, not a run directory" if path.exists() else "no such run directory"
         raise ConfigError(f"resume={value}: {what}; give a directory a dlrun run created (e.g. "
