@@ -1,4 +1,4 @@
-"""dlrun.ownership in-process: what `remove_created` removes (only what was noted, each only as
+"""dlrun.ownership and dlrun.guard in-process: what `remove_created` removes (only what was noted, each only as
 what it was noted as), the run/sweep directory checks, and the replace checks of dlrun-eval and
 dlrun-report. The command-line cases are in test_nothing_lost.py."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dlrun import ownership
+from dlrun import guard, ownership
 from dlrun.errors import ConfigError, FileError
 
 
@@ -76,11 +76,11 @@ def test_expect_hydra_outputs_skips_files_that_exist(tmp_path):
 
 def test_hydra_subdir_writes_nothing_into_a_directory_that_holds_something(tmp_path):
     (tmp_path / "run.json").write_text("{}")
-    assert ownership.hydra_subdir(str(tmp_path), str(tmp_path.parent), log_file=None) is None
+    assert guard.hydra_subdir(str(tmp_path), str(tmp_path.parent), log_file=None) is None
     assert ownership._CREATED == {}
     job = tmp_path / "sweep" / "3"
     job.mkdir(parents=True)
-    assert ownership.hydra_subdir(str(job), str(job.parent), log_file=str(job / "dlrun.log")) == ".hydra"
+    assert guard.hydra_subdir(str(job), str(job.parent), log_file=str(job / "dlrun.log")) == ".hydra"
     assert ownership.created(job) and ownership.created(job / "dlrun.log")
 
 
@@ -91,7 +91,7 @@ def test_hydra_subdir_leaves_an_empty_job_dir_a_resumed_sweep_had(tmp_path, monk
     (sweep / "1" / "run.json").write_text("{}")
     ownership.note_sweep_start(sweep)
     assert json.loads(os.environ[ownership.PREEXISTING_VAR]) == [str(sweep / "0")]
-    assert ownership.hydra_subdir(str(sweep / "0"), str(sweep), log_file=None) == ".hydra"
+    assert guard.hydra_subdir(str(sweep / "0"), str(sweep), log_file=None) == ".hydra"
     assert not ownership.created(sweep / "0")
 
 
@@ -119,17 +119,17 @@ def test_check_run_dir(tmp_path, case, resume, expect):
         run_dir.symlink_to(tmp_path / "gone")
     resume = str(run_dir) if resume == "SELF" else resume
     if expect is None:
-        ownership.check_run_dir(run_dir, resume)
+        guard.check_run_dir(run_dir, resume)
     else:
         with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
-            ownership.check_run_dir(run_dir, resume)
+            guard.check_run_dir(run_dir, resume)
 
 
 def test_the_working_directory_is_named_as_such(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "setup.py").write_text("")
     with pytest.raises(ConfigError, match=r"\(the working directory\) is not empty"):
-        ownership.check_run_dir(ownership.absolute("."), False)
+        guard.check_run_dir(ownership.absolute("."), False)
 
 
 @pytest.mark.parametrize("case, resume, expect", [
@@ -145,10 +145,10 @@ def test_check_sweep_dir(tmp_path, case, resume, expect):
     elif case == "user-files":
         (sweep / "notes.txt").write_text("n")
     if expect is None:
-        ownership.check_sweep_dir(sweep, resume)
+        guard.check_sweep_dir(sweep, resume)
     else:
         with pytest.raises(ConfigError, match=expect):
-            ownership.check_sweep_dir(sweep, resume)
+            guard.check_sweep_dir(sweep, resume)
 
 
 def test_check_replaceable_refuses_a_foreign_file_of_the_same_name(tmp_path):
@@ -180,15 +180,15 @@ def test_remove_created_parents_stops_at_the_first_directory_not_made(tmp_path):
 def test_a_job_dir_outside_the_sweep_dir_is_never_taken_for_the_jobs(tmp_path):
     outside = tmp_path / "data"
     outside.mkdir()  # empty, the user's
-    assert ownership.hydra_subdir(str(outside), str(tmp_path / "sweep"), log_file=None) == ".hydra"
+    assert guard.hydra_subdir(str(outside), str(tmp_path / "sweep"), log_file=None) == ".hydra"
     assert not ownership.created(outside)
 
 
 def test_the_second_process_of_a_run_writes_no_hydra_files(tmp_path):
-    assert ownership.hydra_subdir(str(tmp_path), None, None, secondary=True) is None
-    assert ownership.secondary_process({"enabled": True, "process_id": 1})
-    assert not ownership.secondary_process({"enabled": True, "process_id": 0})
-    assert not ownership.secondary_process({"enabled": False, "process_id": 1})
+    assert guard.hydra_subdir(str(tmp_path), None, None, secondary=True) is None
+    assert guard.secondary_process({"enabled": True, "process_id": 1})
+    assert not guard.secondary_process({"enabled": True, "process_id": 0})
+    assert not guard.secondary_process({"enabled": False, "process_id": 1})
 
 
 def test_new_empty_dirs_under_a_sweep_go_at_its_end_old_ones_stay(tmp_path):
@@ -205,13 +205,13 @@ def test_new_empty_dirs_under_a_sweep_go_at_its_end_old_ones_stay(tmp_path):
 def test_a_lone_multirun_yaml_of_another_app_is_not_a_dlrun_sweep(tmp_path):
     (tmp_path / "multirun.yaml").write_text("hydra:\n  job:\n    name: other_app\n")
     with pytest.raises(ConfigError, match="is not a dlrun sweep"):
-        ownership.check_sweep_dir(tmp_path, True)
+        guard.check_sweep_dir(tmp_path, True)
 
 
 def test_held_logs_reach_the_file_only_when_let_through(tmp_path):
-    """cli.HeldLogs: a job's log lines are kept back until it may write where it is."""
+    """runlog.HeldLogs: a job's log lines are kept back until it may write where it is."""
     import logging
-    from dlrun.cli import HeldLogs
+    from dlrun.runlog import HeldLogs
     root, log = logging.getLogger(), logging.getLogger("dlrun.test")
     handler = logging.FileHandler(tmp_path / "dlrun.log", delay=True)
     root.addHandler(handler)

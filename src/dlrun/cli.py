@@ -33,10 +33,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from dlrun import __version__  # noqa: E402
-from dlrun import launch_env, ownership  # noqa: E402
+from dlrun import guard, launch_env, ownership  # noqa: E402
 from dlrun.allocator import keep_freed_memory  # noqa: E402
 from dlrun.errors import ConfigError, DlrunError, Interrupted  # noqa: E402
 from dlrun.resume import resolve_resume  # noqa: E402
+from dlrun.runlog import HeldLogs, close_handlers, console_only, log_to_file  # noqa: E402
 from dlrun.signals import StopRequest  # noqa: E402
 
 log = logging.getLogger("dlrun")
@@ -49,14 +50,14 @@ OmegaConf.register_new_resolver("dlrun_uid", lambda: _UID, replace=True)
 
 
 def _hydra_subdir(*, _root_) -> str | None:
-    """hydra.output_subdir for each job (see dlrun.ownership.hydra_subdir)."""
+    """hydra.output_subdir for each job (see dlrun.guard.hydra_subdir)."""
     select = lambda key: OmegaConf.select(_root_, key, default=None, throw_on_missing=False)  # noqa: E731
     multirun = select("hydra.mode") == RunMode.MULTIRUN
-    return ownership.hydra_subdir(select("hydra.runtime.output_dir"),
+    return guard.hydra_subdir(select("hydra.runtime.output_dir"),
                                   select("hydra.sweep.dir") if multirun else None,
                                   select("hydra.job_logging.handlers.file.filename"),
                                   select("hydra.job.num"),
-                                  ownership.secondary_process(select("dist")))
+                                  guard.secondary_process(select("dist")))
 
 
 OmegaConf.register_new_resolver("dlrun_hydra_subdir", _hydra_subdir, replace=True)
@@ -71,8 +72,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     ownership.begin_job(workdir, hc.job.get("num"))
     held = HeldLogs()  # nothing reaches a log file until this job may write where it is
     try:
-        ownership.check_job_dir(workdir, cfg.get("resume"), multirun, held.paths(),
-                                ownership.secondary_process(cfg.get("dist")))
+        guard.check_job_dir(workdir, cfg.get("resume"), multirun, held.paths(),
+                                guard.secondary_process(cfg.get("dist")))
     except ConfigError as exc:
         held.drop()
         discard_run_dir(workdir, multirun)  # what Hydra made for it (nothing, if it was there)
@@ -84,7 +85,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig, hc, workdir: Path, multirun: bool, started_at: float,
-            held: "HeldLogs") -> float | None:
+            held: HeldLogs) -> float | None:
     """One run (a sweep's job) in `workdir`, Hydra's directory for it, checked; its error
     lines are collected for main() (see the module docstring)."""
     launch_env.configure_job(hc)  # a parallel job's CPUs and GPU, before JAX
@@ -158,66 +159,6 @@ def report_error(message: str, hc, multirun: bool) -> None:
     return None
 
 
-class HeldLogs(logging.Handler):
-    """The run's log file handlers, taken off the root logger while the job is checked: the
-    console shows every line at once; the files get them (in order, with their own times) once
-    the job may write where it is (`let_through`; not named `release`, which is
-    logging.Handler's lock), or never (`drop`: a refused job writes no log, and adds nothing
-    to an earlier run's)."""
-
-    def __init__(self):
-        super().__init__()
-        self.files = console_only()
-        self.records: list[logging.LogRecord] = []
-        logging.getLogger().addHandler(self)
-
-    def paths(self) -> list[str]:
-        return [h.baseFilename for h in self.files]
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def let_through(self) -> None:
-        root = logging.getLogger()
-        root.removeHandler(self)
-        for handler in self.files:
-            root.addHandler(handler)
-            for record in self.records:
-                if record.levelno >= handler.level:
-                    handler.handle(record)
-        self.files, self.records = [], []
-
-    def drop(self) -> None:
-        logging.getLogger().removeHandler(self)
-        close_handlers(self.files)
-        self.files, self.records = [], []
-
-
-def console_only() -> list[logging.Handler]:
-    """Stop writing this process's log lines into the run's dlrun.log (another process of a
-    multi-process run: under submitit all of them share the run directory); returns the file
-    handlers taken off, unclosed."""
-    root = logging.getLogger()
-    taken = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    for handler in taken:
-        root.removeHandler(handler)
-    return taken
-
-
-def close_handlers(handlers: list[logging.Handler]) -> None:
-    # a closed FileHandler reopens its file on the next record: they are off the logger first
-    for handler in handlers:
-        handler.close()
-
-
-def log_to_file(message: str) -> None:
-    """`message` into the run's log file only (the console gets it from main() on stderr)."""
-    record = logging.LogRecord("dlrun", logging.WARNING, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def share_config(cfg: DictConfig) -> DictConfig:
     """Process 0's config on every process of a multi-process run (it may have resolved
     resume=PATH to the run's own config); one process: `cfg`."""
@@ -275,7 +216,7 @@ def discard_failed_sweeps() -> None:
 
     for sweep_dir in STARTED_SWEEPS:
         ownership.remove_new_empty_dirs(sweep_dir)
-        if not ownership.holds_runs(sweep_dir):
+        if not guard.holds_runs(sweep_dir):
             ownership.remove_created(sweep_dir)
 
 
@@ -397,7 +338,7 @@ def main() -> None:
                 raise
             print(str(exc), file=sys.stderr)
             exit_code = exc.exit_code
-        except ownership.Refused as exc:  # a run (sweep) directory refused before Hydra began
+        except guard.Refused as exc:  # a run (sweep) directory refused before Hydra began
             _USER_ERRORS.append(str(exc))
         except ValueError as exc:  # Optuna, when every trial failed: their lines follow
             if debug or "No trials are completed yet" not in str(exc):
@@ -407,7 +348,7 @@ def main() -> None:
                 raise
             # raised outside the run (Hydra failed making or configuring it): what this
             # invocation made for it goes; a sweep keeps its finished jobs
-            if ownership.MODE == ["run"]:
+            if guard.MODE == ["run"]:
                 ownership.remove_created("/")
             plain_os_error = isinstance(exc, OSError) and not isinstance(exc, HydraException)
             _USER_ERRORS.append(os_error_line(exc) if plain_os_error else one_line(exc))

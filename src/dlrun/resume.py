@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import ownership
+from dlrun import guard
 from dlrun.errors import ConfigError
 
 log = logging.getLogger("dlrun")
@@ -43,7 +43,7 @@ def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
         return None, cfg
     workdir = Path(hc.runtime.output_dir)
     if value is True:
-        if ownership.holds_run(workdir):  # there before this invocation: continue THAT run
+        if guard.holds_run(workdir):  # there before this invocation: continue THAT run
             return workdir, check_resumable(workdir, cfg, OmegaConf.to_container(cfg, resolve=True),
                                             "resume=true")
         if fixed_run_dir(hc):

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dlrun import ownership
+from dlrun import guard
 from dlrun.errors import DlrunError
 from dlrun.report import write_report
 
@@ -27,7 +27,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not ownership.holds_runs(sweep_dir):  # no job started: the CLI removes the sweep
+        if not guard.holds_runs(sweep_dir):  # no job started: the CLI removes the sweep
             return
         try:
             rows = write_report(sweep_dir)
