@@ -54,10 +54,9 @@ def _hydra_subdir(*, _root_) -> str | None:
     select = lambda key: OmegaConf.select(_root_, key, default=None, throw_on_missing=False)  # noqa: E731
     multirun = select("hydra.mode") == RunMode.MULTIRUN
     return guard.hydra_subdir(select("hydra.runtime.output_dir"),
-                                  select("hydra.sweep.dir") if multirun else None,
-                                  select("hydra.job_logging.handlers.file.filename"),
-                                  select("hydra.job.num"),
-                                  guard.secondary_process(select("dist")))
+                              select("hydra.sweep.dir") if multirun else None,
+                              select("hydra.job_logging.handlers.file.filename"),
+                              select("hydra.job.num"), guard.secondary_process(select("dist")))
 
 
 OmegaConf.register_new_resolver("dlrun_hydra_subdir", _hydra_subdir, replace=True)
@@ -73,7 +72,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     held = HeldLogs()  # nothing reaches a log file until this job may write where it is
     try:
         guard.check_job_dir(workdir, cfg.get("resume"), multirun, held.paths(),
-                                guard.secondary_process(cfg.get("dist")))
+                            guard.secondary_process(cfg.get("dist")))
     except ConfigError as exc:
         held.drop()
         discard_run_dir(workdir, multirun)  # what Hydra made for it (nothing, if it was there)
