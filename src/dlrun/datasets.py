@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import io
 import os
 import struct
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrun.errors import ConfigError, DataError
-from dlrun.io import atomic_write_bytes
+from dlrun.download import download as download_file, one_line as _one_line, short as _short
 
 IMAGE_SHAPE = (28, 28)
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -47,8 +44,6 @@ IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 MNIST_SAMPLE_SHA256 = "663a3325e58d48f5a1b70bc6de83e56ed34ddd57ffcf9bbacc502c068fe75e68"
 MNIST_SAMPLE_FILE = "mnist_sample.npz"
 
-# A download larger than this is refused (the largest real file is 26 MB).
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,7 +184,7 @@ def locate_files(name: str, *, data_dir: str | None = None, cache_dir: str | Non
     urls = list(spec.mirrors if mirrors is None else mirrors)
     cache = default_cache_dir(cache_dir) / name
     for fname in missing:
-        path, failures = _download(name, fname, spec.files[fname], urls, cache, timeout)
+        path, failures = download_file(name, fname, spec.files[fname], urls, cache, timeout)
         if path is None:
             tried = "; ".join(failures) if failures else "no mirrors configured"
             raise DataError(f"{name}: {fname} not found (looked in {where}) and could not be "
@@ -270,16 +265,6 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- internals
 
 
-def _short(digest: str) -> str:
-    return digest[:12] + "..."
-
-
-def _one_line(e: BaseException | str) -> str:
-    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
-        e = e.reason  # "Connection refused" rather than "<urlopen error [Errno 111] ...>"
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def _verify_file(name: str, path: Path, accepted: tuple[str, ...], cache_root: Path) -> None:
     try:
         actual = sha256_file(path)
@@ -293,44 +278,6 @@ def _verify_file(name: str, path: Path, accepted: tuple[str, ...], cache_root: P
                "the official file" if in_cache else "replace it with the official file")
         raise DataError(f"{name}: {path} has SHA-256 {_short(actual)}, expected {expected}; the "
                         f"file is corrupt, incomplete or not the official {path.name}: {fix}")
-
-
-def _fetch(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "dlrun"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data = response.read(MAX_DOWNLOAD_BYTES + 1)
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ValueError(f"larger than {MAX_DOWNLOAD_BYTES} bytes")
-    return data
-
-
-def _download(name: str, fname: str, accepted: tuple[str, ...], mirrors: list[str],
-              dest_dir: Path, timeout: float) -> tuple[Path | None, list[str]]:
-    """Try each mirror; return (cached path or None, one reason per failed mirror)."""
-    failures: list[str] = []
-    for mirror in mirrors:
-        url = mirror if mirror.endswith("/") else mirror + "/"
-        url += fname
-        try:
-            data = _fetch(url, timeout)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            failures.append(f"{url}: {_one_line(e)}")
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest not in accepted:
-            failures.append(f"{url}: SHA-256 {_short(digest)} does not match the expected "
-                            f"{' or '.join(_short(d) for d in accepted)}, not cached")
-            continue
-        dest = dest_dir / fname
-        try:
-            atomic_write_bytes(dest, data)
-        except OSError as e:
-            raise DataError(f"{name}: cannot write {dest} ({_one_line(e)}); set DLRUN_CACHE_DIR "
-                            "to a writable directory") from e
-        st = dest.stat()
-        _HASH_CACHE[(str(dest.resolve()), st.st_size, st.st_mtime_ns)] = digest
-        return dest, failures
-    return None, failures
 
 
 _IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 only)
