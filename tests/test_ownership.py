@@ -69,7 +69,7 @@ def test_a_path_noted_as_a_directory_that_became_a_link_is_left(tmp_path):
 
 def test_expect_hydra_outputs_skips_files_that_exist(tmp_path):
     (tmp_path / "dlrun.log").write_text("an earlier run's log")
-    ownership.expect_hydra_outputs(tmp_path, ".hydra", str(tmp_path / "dlrun.log"))
+    ownership.expect_hydra_outputs(tmp_path, str(tmp_path / "dlrun.log"))
     assert not ownership.created(tmp_path / "dlrun.log")
     assert all(ownership.created(tmp_path / ".hydra" / n) for n in ownership.HYDRA_FILES)
 

@@ -143,7 +143,7 @@ def hydra_subdir(run_dir: str | None, sweep_dir: str | None, log_file: str | Non
     if (sweep_dir and absolute(sweep_dir) in path.parents
             and str(path) not in json.loads(os.environ.get(PREEXISTING_VAR, "[]"))):
         note(path, "dir")  # the launcher just made it in the sweep directory checked before
-    expect_hydra_outputs(path, ".hydra", log_file)
+    expect_hydra_outputs(path, log_file)
     return ".hydra"
 
 

@@ -75,13 +75,13 @@ def missing_dirs(path: str | os.PathLike) -> list[Path]:
     return out[::-1]
 
 
-def mkdirs(path: str | os.PathLike, kind: str = "dir") -> Path:
-    """mkdir -p `path`, noting every directory it made (`path` itself as `kind`)."""
+def mkdirs(path: str | os.PathLike) -> Path:
+    """mkdir -p `path`, noting every directory it made."""
     path = absolute(path)
     made = missing_dirs(path)
     path.mkdir(parents=True, exist_ok=True)
     for d in made:
-        note(d, kind if d == path else "dir")
+        note(d, "dir")
     return path
 
 
@@ -91,14 +91,13 @@ def expect_dirs(path: str | os.PathLike) -> None:
         note(d, "dir")
 
 
-def expect_hydra_outputs(run_dir: Path, subdir: str | None, log_file: str | None) -> None:
+def expect_hydra_outputs(run_dir: Path, log_file: str | None) -> None:
     """Note what Hydra is about to write into run_dir (.hydra/*.yaml, the job's log file),
     each only if it does not exist yet."""
-    if subdir is not None:
-        expect_dirs(run_dir / subdir)
-        for name in HYDRA_FILES:
-            if not os.path.lexists(run_dir / subdir / name):
-                note(run_dir / subdir / name, "file")
+    expect_dirs(run_dir / ".hydra")
+    for name in HYDRA_FILES:
+        if not os.path.lexists(run_dir / ".hydra" / name):
+            note(run_dir / ".hydra" / name, "file")
     if log_file and not os.path.lexists(log_file):
         note(log_file, "file")
 

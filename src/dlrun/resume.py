@@ -93,18 +93,21 @@ def check_resumable(path: Path, cfg: DictConfig, config: dict, how: str) -> Dict
     return cfg
 
 
+def dir_template(hc) -> str:
+    """The run (sweep) directory as configured, before interpolation."""
+    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
+    return str(OmegaConf.to_container(node, resolve=False)["dir"])
+
+
 def fixed_run_dir(hc) -> bool:
     """Whether the run (sweep) directory is named by the user, not made unique per invocation
     (the default templates use ${now:...} and ${dlrun_uid:})."""
-    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
-    template = str(OmegaConf.to_container(node, resolve=False)["dir"])
+    template = dir_template(hc)
     return "${now:" not in template and "${dlrun_uid:" not in template
 
 
 def runs_root(hc) -> Path:
     """The fixed part of the run-directory template (outputs/ by default): where resume=true
     looks for earlier runs."""
-    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
-    template = str(OmegaConf.to_container(node, resolve=False)["dir"])
-    fixed = template.split("${", 1)[0]
+    fixed = dir_template(hc).split("${", 1)[0]
     return Path(fixed if fixed.endswith("/") or "/" not in fixed else fixed.rsplit("/", 1)[0] or ".")
