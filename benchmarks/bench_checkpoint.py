@@ -1,4 +1,4 @@
-"""Time one checkpoint save (dlrun.checkpoint.Checkpoints.save: synchronous Orbax, fsynced) for
+"""Time one checkpoint save (dlrun.runs.checkpoints.Checkpoints.save: synchronous Orbax, fsynced) for
 the state of each preset: parameters, optimizer state and best parameters. Prints ms per save.
 
     .venv/bin/python benchmarks/bench_checkpoint.py
@@ -12,7 +12,7 @@ import numpy as np
 from hydra import compose, initialize_config_module
 
 from dlrun import train
-from dlrun.checkpoint import Checkpoints, Progress
+from dlrun.runs.checkpoints import Checkpoints, Progress
 
 PRESETS = {"radford_logreg": ["+experiment=radford_logreg"], "default mlp": [],
            "radford_modern_net": ["+experiment=radford_modern_net"],

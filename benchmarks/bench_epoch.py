@@ -55,8 +55,9 @@ def measure_case(preset: str, overrides: list[str], epochs: int) -> dict:
     import numpy as np
     from hydra import compose, initialize_config_module
 
-    from dlrun import splits, train
-    from dlrun.allocator import keep_freed_memory
+    from dlrun import train
+    from dlrun.data import splits
+    from dlrun.runtime.allocator import keep_freed_memory
     from dlrun.errors import DataError
 
     keep_freed_memory()  # as `dlrun` does, before JAX starts
@@ -78,7 +79,7 @@ def measure_case(preset: str, overrides: list[str], epochs: int) -> dict:
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         state, acc, _ = run_epoch(state, epoch)
-        seen = float(np.asarray(acc).reshape(-1, setup.acc_size)[:, 0].sum())  # host sync: the epoch is done
+        seen = float(np.asarray(acc["examples"]).sum())  # host sync: the epoch is done
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))
     # FLOPs of one (unbatched) training step by XLA's cost analysis, times the copies
@@ -113,7 +114,7 @@ def matmul_gflops() -> dict:
     """GFLOP/s of a jitted n x n float32 matmul: the practical compute limit of the machine."""
     import jax
     import jax.numpy as jnp
-    from dlrun.allocator import keep_freed_memory
+    from dlrun.runtime.allocator import keep_freed_memory
     keep_freed_memory()
     n = 2048 if jax.devices()[0].platform == "cpu" else 8192
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -166,7 +167,7 @@ def command_timings(cache_dir: str) -> dict:
     radford_logreg command (100 epochs, errors on train and test after each)."""
     out = {}
     env_cache = os.environ.get("DLRUN_CACHE_DIR")
-    from dlrun.datasets import default_cache_dir  # numpy only: no JAX in this process
+    from dlrun.data.sources import default_cache_dir  # numpy only: no JAX in this process
     real = default_cache_dir()
     for entry in real.iterdir() if real.is_dir() else ():
         if entry.name != "xla":  # downloaded datasets stay visible; the XLA cache starts cold

@@ -77,7 +77,7 @@ def ms_per_step(preset: str, x: np.ndarray, y: np.ndarray, steps: int, batch: in
 
 def load_images() -> tuple[np.ndarray, np.ndarray]:
     """The benchmark's 60,000 training images: Fashion-MNIST if found offline, else random."""
-    from dlrun.datasets import load_raw  # numpy only; no JAX in this process
+    from dlrun.data.sources import load_raw  # numpy only; no JAX in this process
     from dlrun.errors import DataError
     try:
         x, y, _, _ = load_raw("fashion_mnist", download=False)

@@ -15,7 +15,7 @@ The .npz is written with zipfile directly (same layout as np.savez_compressed, l
 with np.load) with a fixed timestamp and fixed permissions, so two runs give a byte-identical
 file. The bytes also depend on the deflate implementation (zlib); if another zlib gives a
 different file, the arrays are still identical (see the printed content digest) and
-MNIST_SAMPLE_SHA256 in src/dlrun/datasets.py must be updated to the committed file.
+MNIST_SAMPLE_SHA256 in src/dlrun/data/sources.py must be updated to the committed file.
 
 Usage: python scripts/make_mnist_sample.py [--out PATH]
 """

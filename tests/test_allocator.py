@@ -1,15 +1,15 @@
-"""dlrun.allocator: freed memory stays in the process, so XLA's per-step temporaries stop
+"""dlrun.runtime.allocator: freed memory stays in the process, so XLA's per-step temporaries stop
 faulting fresh pages in (the convnet's 1.6x). Checked by counting page faults in a child."""
 import subprocess
 import sys
 
 import pytest
 
-from dlrun import cli
+from dlrun.cli.main import main as cli
 
 CHILD = """
 import ctypes, resource, threading
-from dlrun.allocator import keep_freed_memory
+from dlrun.runtime.allocator import keep_freed_memory
 applied = keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from dlrun import checkpoint, train
+from dlrun import train
+from dlrun.runs import checkpoints as checkpoint
 from dlrun.errors import ConfigError, FileError, Interrupted
-from dlrun.io import load_arrays
-from dlrun.signals import StopRequest
+from dlrun.runs.atomic import load_arrays
+from dlrun.runtime.signals import StopRequest
 
 from _config import compose
 
@@ -80,11 +81,11 @@ def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(case, tmp_path
 
     part = tmp_path / "part"
     with pytest.raises(Interrupted) as stopped:
-        train.train_and_evaluate(cfg, str(part), stop=StopAfter(polls))
+        train.train_and_evaluate(cfg, str(part), train.Context(stop=StopAfter(polls)))
     assert where in str(stopped.value) and f"resume={part}" in str(stopped.value)
     assert stopped.value.exit_code == 130
     assert not (part / "params.pkl").exists() and not (part / "summary.json").exists()
-    train.train_and_evaluate(cfg, str(part), resume=True)
+    train.train_and_evaluate(cfg, str(part), train.Context(resume=True))
 
     seed_dirs = [p.name for p in (tmp_path / "whole").glob("seed_*")] or ["."]
     phase_dirs = [p.name for p in (tmp_path / "whole").glob("pretrain_*")]
@@ -101,16 +102,16 @@ def test_resume_extends_a_finished_run_and_refuses_fewer_epochs(tmp_path):
     short = compose("model.hidden=[32]", "dataset.train_subset=512", "train.epochs=2")
     train.train_and_evaluate(short, str(tmp_path / "run"))
     longer = compose("model.hidden=[32]", "dataset.train_subset=512", "train.epochs=4")
-    summary = train.train_and_evaluate(longer, str(tmp_path / "run"), resume=True)
+    summary = train.train_and_evaluate(longer, str(tmp_path / "run"), train.Context(resume=True))
     assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3, 4]
     train.train_and_evaluate(longer, str(tmp_path / "whole"))
     assert metrics(tmp_path / "run") == metrics(tmp_path / "whole")
     assert summary["resumed_at_epochs"] == [2]
     # a finished run resumed again: nothing to do, the same summary
-    again = train.train_and_evaluate(longer, str(tmp_path / "run"), resume=True)
+    again = train.train_and_evaluate(longer, str(tmp_path / "run"), train.Context(resume=True))
     assert again == json.loads((tmp_path / "run" / "summary.json").read_text())
     with pytest.raises(ConfigError, match="already trained 4 epochs"):
-        train.train_and_evaluate(short, str(tmp_path / "run"), resume=True)
+        train.train_and_evaluate(short, str(tmp_path / "run"), train.Context(resume=True))
 
 
 def test_resume_refuses_another_config(tmp_path):
@@ -119,7 +120,7 @@ def test_resume_refuses_another_config(tmp_path):
     other = compose("model.hidden=[32]", "dataset.train_subset=512", "train.epochs=1",
                     "optim.lr=0.5")
     with pytest.raises(ConfigError, match=r"optim\.lr \(0\.001 there, 0\.5 here\)"):
-        train.train_and_evaluate(other, str(tmp_path), resume=True)
+        train.train_and_evaluate(other, str(tmp_path), train.Context(resume=True))
 
 
 def test_checkpoints_kept_are_the_newest_and_the_best(tmp_path):
@@ -169,7 +170,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path):
     data = max((p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(FileError) as err:
-        train.train_and_evaluate(cfg, str(tmp_path), resume=True)
+        train.train_and_evaluate(cfg, str(tmp_path), train.Context(resume=True))
     assert str(step) in str(err.value) and "delete that directory" in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -331,7 +331,7 @@ def sweep_dirs(tmp_path: Path) -> list[Path]:
 
 
 def read_runs_csv(sweep_dir: Path) -> list[dict]:
-    """The sweep report's run table (dlrun.report), one row per job."""
+    """The sweep report's run table (dlrun.sweeps.report), one row per job."""
     with open(sweep_dir / "runs.csv", newline="") as f:
         return list(csv.DictReader(f))
 
@@ -420,7 +420,7 @@ FROM_WHEEL = textwrap.dedent("""
     from pathlib import Path
     import dlrun, dlrun.conf, dlrun.data
     from hydra import compose, initialize_config_module
-    from dlrun.datasets import load_raw
+    from dlrun.data.sources import load_raw
 
     with initialize_config_module("dlrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["model=cnn"])

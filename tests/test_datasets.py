@@ -1,4 +1,4 @@
-"""Tests for dlrun.datasets: the bundled sample, the IDX reader, checksums, search and download."""
+"""Tests for dlrun.data.sources: the bundled sample, the IDX reader, checksums, search and download."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrun import datasets
-from dlrun.datasets import (IDX_FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+from dlrun.data import sources as datasets
+from dlrun.data.sources import (IDX_FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
                             load_raw, read_idx)
 from dlrun.errors import ConfigError, DataError
 

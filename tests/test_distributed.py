@@ -1,4 +1,4 @@
-"""Data-parallel and multi-process training (dlrun.distributed), through the real `dlrun` command.
+"""Data-parallel and multi-process training (dlrun.runtime.distributed), through the real `dlrun` command.
 
 The number of devices is fixed when JAX starts, so every run is a subprocess: several CPU
 devices are forced with XLA_FLAGS=--xla_force_host_platform_device_count=N, and the
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
-from dlrun.io import load_arrays
+from dlrun.runs.atomic import load_arrays
 
 SMALL = ("train.epochs=1", "dataset.train_subset=512", "plots=false")
 DENSE = ("model=mlp", "model.hidden=[64]", "train.loop=scan")

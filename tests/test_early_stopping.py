@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from dlrun import early_stopping, train
+from dlrun import train
+from dlrun.train import early_stopping
 from dlrun.errors import ConfigError
-from dlrun.io import load_arrays
+from dlrun.runs.atomic import load_arrays
 from test_checkpoint import assert_same_params, metrics
 
 from _config import compose
@@ -59,5 +60,5 @@ def test_a_stopped_run_restores_and_saves_the_best_parameters_and_resumes_to_not
     assert_same_params(tmp_path / "params.pkl", tmp_path / "best_params.pkl")
     assert load_arrays(tmp_path / "params.pkl")  # restored parameters are what the run exports
     # resuming the stopped run does nothing more
-    again = train.train_and_evaluate(cfg, str(tmp_path), resume=True)
+    again = train.train_and_evaluate(cfg, str(tmp_path), train.Context(resume=True))
     assert again == json.loads((tmp_path / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""`dlrun-eval` and `dlrun-predict` (dlrun.inference) used as a user uses them: tiny runs
+"""`dlrun-eval` and `dlrun-predict` (dlrun.cli.inference) used as a user uses them: tiny runs
 trained with the real `dlrun` command, then the two console scripts as subprocesses, their
 output parsed and the files they write read back."""
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import dlrun_env, run_dirs
-from dlrun import datasets, inference
+from dlrun.data import sources as datasets
+from dlrun.cli.main import inference
 
 BIN = Path(sys.executable).parent
 TINY = ("dataset.train_subset=512", "plots=false")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
-from dlrun.io import load_arrays
+from dlrun.runs.atomic import load_arrays
 from test_checkpoint import assert_same_params, metrics
 
 # A convnet run long enough to be interrupted (8 steps per epoch, loop=step: mid-epoch stops).

@@ -1,4 +1,4 @@
-"""dlrun.io: atomic writes and the restricted reader of parameter pickles."""
+"""dlrun.runs.atomic: atomic writes and the restricted reader of parameter pickles."""
 import os
 import pickle
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dlrun.errors import FileError
-from dlrun.io import atomic_write_pickle, load_arrays
+from dlrun.runs.atomic import atomic_write_pickle, load_arrays
 
 
 def test_parameter_files_round_trip(tmp_path):

@@ -1,6 +1,6 @@
 """Sweeps through Hydra's launchers and sweepers, run as a user runs them (`dlrun -m ...` in a
 temporary directory): grids and ranges (basic sweeper), joblib (parallel jobs sharing the
-machine, see dlrun.launch_env), Optuna (conf/hparams_search/), submitit_local and ray.
+machine, see dlrun.sweeps.launch_env), Optuna (conf/hparams_search/), submitit_local and ray.
 The plugins are the `sweep` extras (`make test` installs them; ray: the `ray` extra); a test
 whose plugin is not installed is skipped, saying which."""
 from __future__ import annotations
@@ -239,11 +239,11 @@ def test_ray_local_runs_two_jobs(dlrun, tmp_path):
     assert all((j / "summary.json").is_file() for j in found.values())
 
 
-# ------------------------------------------------------------------ dlrun.launch_env, directly
+# ------------------------------------------------------------------ dlrun.sweeps.launch_env, directly
 
 
 def test_cpu_share_splits_cpus_into_disjoint_slots():
-    from dlrun.launch_env import cpu_share
+    from dlrun.sweeps.launch_env import cpu_share
 
     assert [cpu_share([0, 1], 2, s) for s in range(2)] == [[0], [1]]
     assert [cpu_share(list(range(8)), 3, s) for s in range(3)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
@@ -251,7 +251,7 @@ def test_cpu_share_splits_cpus_into_disjoint_slots():
 
 
 def test_joblib_defaults_to_one_job_per_gpu(monkeypatch):
-    from dlrun.launch_env import default_overrides
+    from dlrun.sweeps.launch_env import default_overrides
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert default_overrides(["-m", "hydra/launcher=joblib"])[-1] == "hydra.launcher.n_jobs=2"
@@ -264,7 +264,7 @@ def test_joblib_defaults_to_one_job_per_gpu(monkeypatch):
 JOB_IN_WORKER = """
 import json, os
 from omegaconf import OmegaConf
-from dlrun import launch_env
+from dlrun.sweeps import launch_env
 hc = OmegaConf.create({"launcher": {"_target_": "x.JoblibLauncher", "n_jobs": 2},
                        "job": {"num": 0}})
 info = launch_env.configure_job(hc)

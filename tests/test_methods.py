@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from dlrun.errors import ConfigError
 from dlrun import train
 from conftest import describe, run_dirs
 from _config import compose
@@ -74,7 +75,7 @@ def test_recurrent_models_read_the_rows_in_order(model):
 
 
 def test_train_lrs_is_refused_for_rprop():
-    with pytest.raises(train.ConfigError, match="rprop"):
+    with pytest.raises(ConfigError, match="rprop"):
         train.build_setup(compose("optim=rprop", "train.num_seeds=2", "train.lrs=[0.1,0.01]"))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from dlrun import models
 from dlrun.errors import ConfigError
-from dlrun.registry import build
+from dlrun.config.registry import build
 
 X = jnp.zeros((4, 28, 28, 1), jnp.float32)
 

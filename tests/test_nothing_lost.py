@@ -461,7 +461,7 @@ def test_each_sweep_job_is_timed_from_its_own_start(finished_sweep):
 
 
 def test_summary_records_where_the_data_came_from(finished):
-    from dlrun.datasets import MNIST_SAMPLE_FILE, MNIST_SAMPLE_SHA256, sha256_file
+    from dlrun.data.sources import MNIST_SAMPLE_FILE, MNIST_SAMPLE_SHA256, sha256_file
     data = json.loads((finished / "summary.json").read_text())["data"]
     assert data["dataset"] == "mnist_sample"
     (record,) = data["files"]
@@ -473,7 +473,7 @@ def test_a_write_that_fails_after_a_checkpoint_keeps_the_resumable_run(tmp_path)
     """RLIMIT_FSIZE as a disk that fills up mid-run: metrics.jsonl outgrows 256 KiB after a few
     hundred epochs, long after the first checkpoints. The run this invocation started is kept,
     resumable, with the error line in its dlrun.log too."""
-    from dlrun.checkpoint import has_checkpoint
+    from dlrun.runs.checkpoints import has_checkpoint
     limited = ["bash", "-c", 'ulimit -f 256 && exec "$@"', "bash", str(DLRUN)]  # KiB
     proc = subprocess.run([*limited, "model=logreg", "optim=sgd", "dataset.train_subset=512",
                            "train.epochs=3000", "checkpoint.every_epochs=20", "plots=false",

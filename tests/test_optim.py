@@ -7,9 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from dlrun import datasets, optim, train
+from dlrun import optim, train
+from dlrun.data import sources as datasets
 from dlrun.errors import ConfigError
-from dlrun.registry import build
+from dlrun.config.registry import build
 
 from _config import compose
 
@@ -37,7 +38,7 @@ def test_every_model_and_optimizer_reduces_loss_on_a_fixed_batch(model, opt):
         state, acc = step(state, acc, XU8, YB, idx, w, jax.random.key(1))
     after = batch_loss(setup, state.params)
     assert np.isfinite(after) and after < before, (before, after)
-    assert int(state.step) == 8 and float(acc[0]) == 8 * 64
+    assert int(state.step) == 8 and float(acc["examples"]) == 8 * 64
 
 
 def grads_tree(value):

@@ -1,4 +1,4 @@
-"""dlrun.ownership and dlrun.guard in-process: what `remove_created` removes (only what was noted, each only as
+"""dlrun.runs.ownership and dlrun.runs.guard in-process: what `remove_created` removes (only what was noted, each only as
 what it was noted as), the run/sweep directory checks, and the replace checks of dlrun-eval and
 dlrun-report. The command-line cases are in test_nothing_lost.py."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlrun import guard, ownership
+from dlrun.runs import guard
+from dlrun.runs import ownership
 from dlrun.errors import ConfigError, FileError
 
 
@@ -162,7 +163,7 @@ def test_check_replaceable_refuses_a_foreign_file_of_the_same_name(tmp_path):
 
 
 def test_atomic_writes_note_new_files_only(tmp_path):
-    from dlrun.io import atomic_write_text
+    from dlrun.runs.atomic import atomic_write_text
     (tmp_path / "old.txt").write_text("old")
     atomic_write_text(tmp_path / "old.txt", "replaced")
     atomic_write_text(tmp_path / "sub" / "new.txt", "new")
@@ -211,7 +212,7 @@ def test_a_lone_multirun_yaml_of_another_app_is_not_a_dlrun_sweep(tmp_path):
 def test_held_logs_reach_the_file_only_when_let_through(tmp_path):
     """runlog.HeldLogs: a job's log lines are kept back until it may write where it is."""
     import logging
-    from dlrun.runlog import HeldLogs
+    from dlrun.runs.runlog import HeldLogs
     root, log = logging.getLogger(), logging.getLogger("dlrun.test")
     handler = logging.FileHandler(tmp_path / "dlrun.log", delay=True)
     root.addHandler(handler)

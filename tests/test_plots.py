@@ -1,4 +1,4 @@
-"""The run's pictures (dlrun.plots): valid PNG files, consistent with the metrics."""
+"""The run's pictures (dlrun.runs.pictures): valid PNG files, consistent with the metrics."""
 import csv
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from dlrun import plots
+from dlrun.runs import pictures as plots
 from conftest import describe, run_dirs
 
 

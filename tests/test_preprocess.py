@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlrun import datasets, preprocess
+from dlrun.data import sources as datasets
+from dlrun.data import preprocess
 from conftest import describe, run_dirs
 
 x_raw, y_raw, x_test_raw, y_test_raw = datasets.load_raw("mnist_sample")

@@ -4,8 +4,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlrun import datasets, early_stopping, models, optim, regularizers, tracking
-from dlrun.registry import config_params
+from dlrun import models, optim
+from dlrun.data import sources as datasets
+from dlrun.train import early_stopping
+from dlrun.optim import regularizers
+from dlrun.runs import tracking
+from dlrun.config.registry import config_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REGISTRIES = {

@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from dlrun import regularizers, train
+from dlrun import train
+from dlrun.optim import regularizers
 from dlrun.errors import ConfigError
 
 from _config import compose

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
-from dlrun import pruning, report
+from dlrun.sweeps import pruning
+from dlrun.sweeps import report
 
 REPORT = Path(sys.executable).parent / "dlrun-report"
 SMALL = ("dataset.train_subset=512", "plots=false")

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlrun import models, splits as data_splits, train
-from dlrun.io import load_arrays
-from dlrun.registry import build
+from dlrun import models, train
+from dlrun.data import splits as data_splits
+from dlrun.runs.atomic import load_arrays
+from dlrun.config.registry import build
 from conftest import describe, files_under, run_dirs
 from _config import compose
 from test_plots import png_shape

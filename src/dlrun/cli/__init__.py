@@ -1,0 +1,1 @@
+"""The command-line entry points: dlrun, dlrun-eval, dlrun-predict, dlrun-report."""

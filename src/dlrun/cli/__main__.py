@@ -1,0 +1,4 @@
+"""`python -m dlrun.cli ...` is `dlrun ...`."""
+from dlrun.cli.main import main
+
+main()

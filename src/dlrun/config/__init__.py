@@ -1,0 +1,1 @@
+"""Config: the registry every config group is built through, and config identity."""

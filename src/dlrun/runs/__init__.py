@@ -1,0 +1,1 @@
+"""Run directories: their layout, atomic writes, checkpoints, logs, tracking and pictures."""

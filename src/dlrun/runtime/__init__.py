@@ -1,0 +1,1 @@
+"""The process's runtime: devices and processes, signals, the allocator, the compile cache."""

@@ -1,0 +1,1 @@
+"""Sweeps: the report, pruning, resume and the launch environment of parallel jobs."""

@@ -1,0 +1,244 @@
+"""Config -> Setup: every component of a run, validated and built before any data is loaded.
+
+`build_setup(cfg)` is pure: it reads the config, checks it (ConfigError, one line, on bad input)
+and builds the model, optimizer, schedule, regularizers and the other nodes through their
+registries (dlrun.config.registry). It touches no device, joins no process and imports no
+optional package; `attach_runtime` does that, as the explicit next step of a run.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import List, Optional
+
+import flax.linen as nn
+import jax
+import optax
+from omegaconf import DictConfig, OmegaConf
+
+from dlrun import models, optim
+from dlrun.config.registry import build, require
+from dlrun.data import preprocess
+from dlrun.data import splits as data_splits
+from dlrun.errors import ConfigError
+from dlrun.models import objectives
+from dlrun.optim import regularizers
+from dlrun.runs import tracking
+from dlrun.runs.checkpoints import CheckpointConfig, checkpoint_config
+from dlrun.runtime import distributed
+from dlrun.sweeps import pruning
+from dlrun.train import early_stopping
+
+TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
+                  "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger")
+OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist",
+                 "progress", "logger")  # defaults when absent
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` node of the config (see conf/config.yaml for units)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    shuffle: bool
+    drop_last: bool
+    eval_every: int
+    eval_train: bool
+    eval_batch_size: int
+    loop: str
+    compile_cache: bool
+    num_seeds: int
+    lrs: tuple
+    scan_unroll: int
+    nan_policy: str
+
+
+def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, eval_every: int = 1, eval_train: bool = False,
+                 eval_batch_size: int = 1000, loop: str = "auto", compile_cache: bool = True,
+                 num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4,
+                 nan_policy: str = "raise") -> TrainConfig:
+    require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
+    require(batch_size >= 0, f"batch_size must be >= 1, or 0 for the whole training split (got {batch_size})")
+    require(seed >= 0, f"seed must be >= 0 (got {seed})")
+    require(eval_every >= 1, f"eval_every must be >= 1 (got {eval_every})")
+    require(eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {eval_batch_size})")
+    require(loop in ("auto", "step", "scan"), f"loop must be auto, step or scan (got '{loop}')")
+    require(num_seeds >= 1, f"num_seeds must be >= 1 (got {num_seeds})")
+    if lrs and num_seeds % len(lrs):
+        raise ConfigError(
+            f"train.lrs gives {len(lrs)} learning rates for train.num_seeds={num_seeds} copies; "
+            f"num_seeds must be a multiple of it (copy i trains at lrs[i % {len(lrs)}]), e.g. "
+            f"train.num_seeds={len(lrs) * max(1, num_seeds // len(lrs))}, or lrs=[] to use "
+            f"optim.lr for all")
+    require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
+    require(scan_unroll >= 1, f"scan_unroll must be >= 1 (got {scan_unroll})")
+    require(nan_policy in ("raise", "skip"), f"nan_policy must be raise or skip (got '{nan_policy}')")
+    return TrainConfig(epochs, batch_size, seed, shuffle, drop_last, eval_every, eval_train,
+                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs), scan_unroll,
+                       nan_policy)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything built from a config before any data is loaded or anything compiled."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    reg: regularizers.Regularization
+    dataset: data_splits.DataConfig
+    train: TrainConfig
+    loop: str
+    steps_per_epoch: int
+    lr_scales: Optional[tuple]  # per copy (train.num_seeds > 1): its lr / optim.lr
+    checkpoint: CheckpointConfig
+    stopper: Optional[early_stopping.Stopper] = None  # None: train for train.epochs
+    objective: objectives.Objective = objectives.OBJECTIVES["classify"]
+    phases: tuple = ()  # sda/dbn: the model config of each greedy pretraining phase
+    full_batch: bool = False  # optim is a full-batch method (lbfgs, cg): one step per epoch
+    transform: Optional[preprocess.Transform] = None  # dataset.preprocess, fitted on the data
+    prune: Optional[pruning.PruneConfig] = None  # sweeps: dlrun's median rule (None: off)
+    mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its devices (dlrun.runtime.distributed)
+    loggers: tuple = ()  # dlrun.runs.tracking.LoggerSpec of each selected logger (logger=[...])
+
+    @property
+    def copies(self) -> int:
+        return self.train.num_seeds
+
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for seed, _ in copy_seeds_lrs(self.train.seed, self.copies, 0.0, ())]
+
+    def select_key(self, splits) -> str:
+        """The record key that picks the best epoch: the objective's metric on val, else test."""
+        return f"{'val' if 'val' in splits else 'test'}_{self.objective.select}"
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps per pass over n examples: full batches only, or with the partial one."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def build_setup(cfg: DictConfig) -> Setup:
+    """Validate the whole config and build its components; raises ConfigError on bad input."""
+    check_top_level(cfg)
+    tc = build("train", {"train": train_config}, {"name": "train", **cfg.train})
+    ds = build("dataset", data_splits.DATASETS, cfg.dataset)
+    if tc.batch_size == 0:  # full batch: one step per epoch on the whole training split
+        tc = dataclasses.replace(tc, batch_size=ds.sizes()[0], drop_last=False)
+    data_splits.check_batch_size(ds, tc.batch_size)
+    reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
+    model = build("model", models.MODELS, cfg.model, num_classes=ds.num_classes, dropout=reg.dropout)
+    full_batch = cfg.optim.name in optim.FULL_BATCH
+    if full_batch:
+        tc = full_batch_train(cfg, tc, model, reg, ds.sizes()[0])
+    steps = steps_per_epoch(ds.sizes()[0], tc.batch_size, tc.drop_last)
+    require(steps * tc.epochs < 2**31,
+            f"train.epochs ({tc.epochs}) x {steps} steps per epoch overflows the int32 step "
+            f"counter; use at most {(2**31 - 1) // steps} epochs")
+    lr_of = build("schedule", optim.SCHEDULES, cfg.schedule, steps_per_epoch=steps,
+                  total_steps=steps * tc.epochs)
+    base = build("optim", optim.OPTIMIZERS, cfg.optim, schedule=lr_of)
+    lr_schedule = lr_of(float(cfg.optim.lr))
+    tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule)
+    loop = tc.loop if tc.loop != "auto" else ("scan" if model.scan_friendly else "step")
+    ck = build("checkpoint", {"checkpoint": checkpoint_config},
+               {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
+    stopper = build("early_stopping", early_stopping.STOPPERS,
+                    cfg.get("early_stopping") or {"name": "none"})
+    prune = build("prune", {"prune": pruning.prune_config},
+                  {"name": "prune", **(cfg.get("prune") or {})})
+    phases = tuple(models.pretraining_phases(OmegaConf.to_container(cfg.model, resolve=True)))
+    check_combinations(cfg, ds, tc, model, stopper, prune, phases)
+    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, lr_scales(cfg, tc), ck, stopper,
+                 objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None,
+                 loggers=tracking.build_all(cfg.get("logger")))
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    unknown = sorted(set(cfg) - set(TOP_LEVEL_KEYS))
+    require(not unknown, f"unknown top-level key(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(TOP_LEVEL_KEYS)}")
+    for key in TOP_LEVEL_KEYS:
+        require(key in cfg or key in OPTIONAL_KEYS, f"the config has no '{key}' node")
+
+
+def full_batch_train(cfg: DictConfig, tc: TrainConfig, model, reg, n_train: int) -> TrainConfig:
+    """optim=lbfgs|cg: one line-searched iteration on the whole training split per epoch."""
+    require(objectives.of(model).name != "cd",
+            f"optim={cfg.optim.name} minimises an objective by line search; an RBM's CD "
+            f"update is not the gradient of one: use optim=sgd")
+    require(not reg.update_steps,
+            f"optim={cfg.optim.name} line-searches the objective, which a regularizer acting "
+            f"on the updates (weight_decay, max_norm) would change behind its back: use "
+            f"regularizer=l2 or l1 (part of the objective)")
+    require(not tc.lrs, f"train.lrs cannot scale optim={cfg.optim.name} (its line search "
+                        f"picks the step); sweep optim.lr with -m instead")
+    return dataclasses.replace(tc, batch_size=n_train, drop_last=False, shuffle=False)
+
+
+def copy_seeds_lrs(seed: int, num_seeds: int, lr: float, lrs) -> list[tuple[int, float]]:
+    """The copy rule of train.num_seeds: copy i trains with seed + i at lrs[i % len(lrs)] (a
+    seeds x learning rates grid), or at lr when lrs is empty. The one place it is written:
+    the trainer, the run directories (seed_<seed>/) and dlrun-report all read it from here."""
+    return [(seed + i, float(lrs[i % len(lrs)]) if lrs else float(lr)) for i in range(num_seeds)]
+
+
+def lr_scales(cfg: DictConfig, tc: TrainConfig) -> Optional[tuple]:
+    """Each copy's learning rate / optim.lr (train.num_seeds > 1), or None for one run."""
+    if tc.num_seeds == 1:
+        return None
+    lr = float(cfg.optim.lr)
+    require(lr > 0, "train.num_seeds > 1 needs optim.lr > 0")
+    require(not tc.lrs or cfg.optim.name != "rprop",
+            "train.lrs cannot scale rprop (its step sizes adapt and are clipped on their own "
+            "scale); sweep optim.lr with -m instead")
+    if not tc.lrs:
+        return (1.0,) * tc.num_seeds
+    return tuple(copy_lr / lr for _, copy_lr in copy_seeds_lrs(tc.seed, tc.num_seeds, lr, tc.lrs))
+
+
+def check_combinations(cfg: DictConfig, ds, tc: TrainConfig, model, stopper, prune, phases) -> None:
+    """The options that do not go together, each refused with the fix."""
+    name = cfg.model.name
+    knn = isinstance(model, models.NearestNeighbours)
+    require(stopper is None or ds.sizes()[1] > 0,
+            f"early_stopping={cfg.early_stopping.name if stopper else ''} needs a validation "
+            f"split (dataset.val_size > 0; the seed presets have none), so that it never selects "
+            f"on the test set")
+    if ds.preprocess != "none":
+        require(objectives.of(model).name == "classify" and not phases,
+                f"dataset.preprocess={ds.preprocess} is for classifiers trained directly; "
+                f"model={name} models pixel intensities in [0, 1] (or pretrains on them)")
+        require(ds.preprocess != "pca" or isinstance(model, (models.Dense, models.NearestNeighbours)),
+                "dataset.preprocess=pca keeps fewer dimensions than pixels, so the input is no "
+                "longer an image: use it with logreg, mlp or knn, or use zca (image-shaped)")
+    require(not (ds.augment and knn), "dataset.augment does not apply to knn, which has no "
+                                      "training steps")
+    require(not knn or (tc.num_seeds == 1 and stopper is None),
+            "model=knn has no training: train.num_seeds and early_stopping do not apply to it "
+            "(knn is deterministic; compare k with -m model.k=1,3,5)")
+    require(not phases or tc.num_seeds == 1,
+            f"model={name} pretrains layer by layer; train.num_seeds > 1 is not supported "
+            f"for it (sweep train.seed with -m instead)")
+    require(not prune.enabled or (tc.num_seeds == 1 and not knn),
+            "prune.enabled=true prunes whole trials; it does not apply to train.num_seeds > 1 "
+            "copies or to knn (no epochs)")
+
+
+def attach_runtime(setup: Setup, cfg: DictConfig) -> Setup:
+    """The run's side effects before training, after build_setup: import the selected loggers'
+    packages (a missing one stops the run here), join the other processes (dist.enabled) and
+    build the data-parallel device mesh. Returns the Setup with its mesh."""
+    tracking.require_packages(setup.loggers)
+    dist = distributed.parse(cfg.get("dist"))
+    distributed.initialize(dist)  # multi-process: before anything below touches the backend
+    knn = isinstance(setup.model, models.NearestNeighbours)
+    require(distributed.processes() == 1 or not (setup.phases or knn or setup.prune),
+            f"dist.enabled=true (several processes) supports models trained in one run; not "
+            f"model={cfg.model.name} (pretraining phases or knn) or prune.enabled=true")
+    mesh = None if knn else distributed.make_mesh(
+        dist, setup.train.batch_size, "the full batch (the whole training split)"
+        if setup.full_batch or cfg.train.batch_size == 0 else "train.batch_size")
+    return dataclasses.replace(setup, mesh=mesh)

@@ -1,0 +1,109 @@
+"""The training step: one pure function, jitted once, and the epoch's named running sums.
+
+The step carries `sums`, a dict of float32 running totals over the epoch:
+    examples              examples trained on (the padding of a partial batch has weight 0)
+    nonfinite_steps       steps whose loss or gradients were not finite (and so not applied)
+    first_nonfinite_step  the first such step's number (NO_STEP if none yet)
+    metrics               {name: sum over examples} of each of the objective's metrics
+With train.num_seeds = N > 1 every entry has a leading copy axis (N,).
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlrun.data import preprocess
+from dlrun.data import splits as data_splits
+from dlrun.train.setup import Setup
+from dlrun.train.state import TrainState
+
+NO_STEP = float(2**31)  # first_nonfinite_step while every step was finite
+
+
+def epoch_acc(setup: Setup, copies: Optional[int] = None) -> dict:
+    """The step's running sums at the start of an epoch (one per copy when copies is given)."""
+    shape = () if copies is None else (copies,)
+    zero = lambda: jnp.zeros(shape, jnp.float32)  # noqa: E731 - a buffer each: the step donates them
+    return {"examples": zero(), "nonfinite_steps": zero(),
+            "first_nonfinite_step": jnp.full(shape, NO_STEP, jnp.float32),
+            "metrics": {name: zero() for name in setup.objective.metrics}}
+
+
+def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable:
+    """(state, sums, x, y, idx, w, key) -> (state, sums).
+
+    scale: multiplies the optimizer's updates (a per-copy learning rate ratio under vmap;
+    exact for every optimizer in conf/optim, whose updates are proportional to the lr).
+
+    idx (B,) int32 row indices into the device-resident split x (N, H, W, C) uint8, y (N,);
+    w (B,) float32 example weights (0 for the padding of a partial last batch). The loss and
+    metrics come from the model's objective (dlrun.models.objectives); collections the model
+    updates (PCD's chains) are carried in state.extra.
+
+    A step whose loss or gradients are not finite changes nothing (parameters, optimizer state
+    and the sums stay as they were) and is counted instead; train.nan_policy decides after the
+    epoch whether the run stops (raise) or goes on (skip).
+    """
+    model, tx, objective = setup.model, setup.tx, setup.objective
+    loss_fn = make_loss(setup)
+
+    def step(state: TrainState, acc, x, y, idx, w, key):
+        step_key = jax.random.fold_in(key, state.step)
+        xb, yb = batch_inputs(setup, x[idx], step_key), y[idx]
+        rngs = {"dropout": step_key, "sample": jax.random.fold_in(step_key, 1)}
+        grad_fn = jax.value_and_grad(lambda p: loss_fn(p, state.extra, xb, yb, w, rngs), has_aux=True)
+        (loss, (sums, updated)), grads = grad_fn(state.params)
+        if setup.full_batch:  # line searches evaluate the same objective at trial points
+            updates, opt_state = tx.update(
+                grads, state.opt_state, state.params, value=loss, grad=grads,
+                value_fn=lambda p: loss_fn(p, state.extra, xb, yb, w, rngs)[0])
+        else:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if scale is not None:
+            updates = jax.tree.map(lambda u: u * scale, updates)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        extra = {**state.extra, **keep(dict(updated), {k: state.extra[k] for k in updated})}
+        added = lambda v: jnp.where(finite, v, 0.0)
+        acc = {"examples": acc["examples"] + added(jnp.sum(w)),
+               "nonfinite_steps": acc["nonfinite_steps"] + (1.0 - finite),
+               "first_nonfinite_step": jnp.minimum(acc["first_nonfinite_step"], jnp.where(
+                   finite, NO_STEP, state.step.astype(jnp.float32))),
+               "metrics": {name: acc["metrics"][name] + added(sums[k])
+                           for k, name in enumerate(objective.metrics)}}
+        return TrainState(params, opt_state, state.step + 1, extra), acc
+
+    return step
+
+
+def batch_inputs(setup: Setup, x: jax.Array, step_key: jax.Array) -> jax.Array:
+    """A batch of uint8 images -> the model's input: pixels in [0, 1], augmented on the device
+    (dataset.augment) and transformed (dataset.preprocess) as configured."""
+    ds = setup.dataset
+    xb = data_splits.pixels(x)
+    if ds.augment:
+        xb = preprocess.augment(xb, jax.random.fold_in(step_key, 2), ds.augment, ds.max_shift,
+                                ds.max_scale, ds.elastic_alpha, ds.elastic_sigma)
+    return xb if setup.transform is None else setup.transform(xb)
+
+
+def make_loss(setup: Setup) -> Callable:
+    """(params, extra, x, y, w, rngs) -> (weighted mean loss + penalty, (metric sums (K,),
+    updated collections)): the objective of the training step."""
+    model, penalty, objective = setup.model, setup.reg.penalty, setup.objective
+    mutable = list(getattr(model, "mutable", ()))
+
+    def loss_fn(params, extra, xb, yb, w, rngs):
+        variables = {"params": params, **extra}
+        if mutable:
+            out, updated = model.apply(variables, xb, train=True, rngs=rngs, mutable=mutable)
+        else:
+            out, updated = model.apply(variables, xb, train=True, rngs=rngs), {}
+        loss, metrics = objective.per_example(model, out, yb)  # (B,), (K, B)
+        return jnp.sum(w * loss) / jnp.sum(w) + penalty(params), (metrics @ w, updated)
+
+    return loss_fn
