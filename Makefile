@@ -5,13 +5,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test test-all bench clean
 
 run: $(STAMP)
 	$(BIN)/dlrun
 
+# make test: the fast suite (everything but the `slow` and `realdata` markers);
+# make test-all: also the slow set, dlrun's commands as subprocesses (what .ci/run runs).
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10 -m "not slow and not realdata"
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q --durations=20 -m "not realdata"
 
 # torch is the benchmark's peer only, never a dependency of dlrun (2.13.0: a local CPU build here).
 bench: $(STAMP)

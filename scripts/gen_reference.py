@@ -232,7 +232,7 @@ def generate() -> str:
         "",
         "Every config group, option and key, with its default and the comment it carries in",
         "`conf/`. Choose an option with `group=option`, change a key with `key=value`, add a",
-        "preset with `+experiment=NAME` (see the [README](../README.md#config-groups)).",
+        "preset with `+experiment=NAME` (see the [user guide](guide.md#config-groups)).",
         "`dlrun --cfg job` prints the composed config of any command.",
         "",
         "Contents: [conf/config.yaml](#confconfigyaml)",

@@ -18,8 +18,6 @@ DLRUN = Path(sys.executable).parent / "dlrun"
 RUN_DIR_RE = re.compile(r"^run dir: (.+)$", re.MULTILINE)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes more than 30 s; deselect with -m 'not slow'")
 
 
 @pytest.fixture(autouse=True)

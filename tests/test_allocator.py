@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dlrun.cli.main import main as cli
+from dlrun.cli import main as cli
 
 CHILD = """
 import ctypes, resource, threading

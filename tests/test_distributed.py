@@ -21,6 +21,8 @@ import pytest
 from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
 from dlrun.runs.atomic import load_arrays
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 SMALL = ("train.epochs=1", "dataset.train_subset=512", "plots=false")
 DENSE = ("model=mlp", "model.hidden=[64]", "train.loop=scan")
 CONV = ("model=cnn", "model.features=[4,8]", "model.padding=[2,0]", "model.hidden=[32]",

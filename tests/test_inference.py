@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import dlrun_env, run_dirs
 from dlrun.data import sources as datasets
-from dlrun.cli.main import inference
+from dlrun.cli import inference
 
 BIN = Path(sys.executable).parent
 TINY = ("dataset.train_subset=512", "plots=false")

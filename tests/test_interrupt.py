@@ -20,6 +20,8 @@ from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
 from dlrun.runs.atomic import load_arrays
 from test_checkpoint import assert_same_params, metrics
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 # A convnet run long enough to be interrupted (8 steps per epoch, loop=step: mid-epoch stops).
 CNN = ("model=cnn", "dataset.train_subset=1024", "train.epochs=4")
 

@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, describe, files_under
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 TINY = ("train.epochs=1", "dataset.train_subset=512", "plots=false")
 SHARE_RE = re.compile(r"^\[(.+?)\]\[INFO\] job (\d+) \(pid (\d+)\) shares this machine with up "
                       r"to (\d+) at once: slot (\d+), CPUs ([\d,]+)", re.MULTILINE)
@@ -265,6 +267,7 @@ JOB_IN_WORKER = """
 import json, os
 from omegaconf import OmegaConf
 from dlrun.sweeps import launch_env
+
 hc = OmegaConf.create({"launcher": {"_target_": "x.JoblibLauncher", "n_jobs": 2},
                        "job": {"num": 0}})
 info = launch_env.configure_job(hc)

@@ -11,6 +11,8 @@ from dlrun import train
 from conftest import describe, run_dirs
 from _config import compose
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 # Every new option appears in at least one command; each must learn (chance is 0.9).
 COMMANDS = {
     "lenet-sign_agreement-dropconnect-max_norm": (

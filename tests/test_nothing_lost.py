@@ -20,6 +20,8 @@ import pytest
 from conftest import DLRUN, describe, dlrun_env, run_dirs
 from test_interrupt import one_error_line
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 TINY = ("model=logreg", "dataset.train_subset=512", "train.epochs=1", "plots=false")
 SLOW = ("model=mlp", "dataset.train_subset=2048", "train.epochs=40", "train.batch_size=16",
         "checkpoint.every_epochs=1", "plots=false")  # long enough to be stopped mid-run

@@ -9,6 +9,8 @@ from matplotlib.image import imread
 from dlrun.runs import pictures as plots
 from conftest import describe, run_dirs
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 
 def png_shape(path):
     """(height, width) of a PNG, after checking that matplotlib decodes it."""

@@ -78,3 +78,32 @@ def test_every_config_value_is_commented():
                 if stripped.endswith(":") or stripped.endswith("{}"):
                     continue  # a nesting key
                 assert "#" in line, f"{path}: '{stripped}' has no comment"
+
+
+def yaml_defaults(group: str):
+    """(path, builder, {key: YAML value}) of every option of a group."""
+    for path in sorted((CONF / group).glob("*.yaml")):
+        node = yaml.safe_load(path.read_text()) or {}
+        if group in NESTED:
+            yield path, NESTED[group][path.stem], dict(node[path.stem] or {})
+        else:
+            yield path, REGISTRIES[group][path.stem], {k: v for k, v in node.items() if k != "name"}
+
+
+def same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "early_stopping", "regularizer", "logger"])
+def test_yaml_values_are_the_builders_defaults(group):
+    """One place per default: an option's YAML says what its builder's signature says (a
+    builder called without the key behaves as the YAML describes)."""
+    differ = []
+    for path, builder, values in yaml_defaults(group):
+        for p in config_params(builder):
+            if p.default is not p.empty and p.name in values and not same(values[p.name], p.default):
+                differ.append(f"{path.relative_to(CONF)}: {p.name} is {values[p.name]!r} in the YAML, "
+                              f"{p.default!r} in the builder")
+    assert not differ, "\n".join(differ)

@@ -21,6 +21,8 @@ from conftest import DLRUN, describe, dlrun_env, files_under, run_dirs
 from dlrun.sweeps import pruning
 from dlrun.sweeps import report
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 REPORT = Path(sys.executable).parent / "dlrun-report"
 SMALL = ("dataset.train_subset=512", "plots=false")
 

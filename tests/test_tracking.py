@@ -17,6 +17,8 @@ import pytest
 
 from conftest import DLRUN, describe, dlrun_env, run_dirs
 
+pytestmark = pytest.mark.slow  # CLI subprocesses: `pytest -m slow`, run by .ci/run
+
 TINY = ("train.epochs=2", "dataset.train_subset=512", "plots=false", "model.hidden=[32]")
 
 
