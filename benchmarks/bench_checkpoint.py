@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 
 from dlrun import train
 from dlrun.runs.checkpoints import Checkpoints, Progress
+from dlrun.train.step import sums_to_array
 
 PRESETS = {"radford_logreg": ["+experiment=radford_logreg"], "default mlp": [],
            "radford_modern_net": ["+experiment=radford_modern_net"],
@@ -25,7 +26,7 @@ def main(saves: int = 11) -> None:
             cfg = compose("config", overrides=overrides)
         setup = train.build_setup(cfg)
         start = train.fresh_start(setup)
-        tree = {"state": start.state, "acc": train.epoch_acc(setup),
+        tree = {"state": start.state, "acc": sums_to_array(setup, train.epoch_acc(setup)),
                 "rng": jax.random.key_data(start.train_key), "best_params": start.best_params}
         meta = Progress(1).to_meta({"config": "placeholder"}, 0)
         with tempfile.TemporaryDirectory() as tmp:

@@ -80,8 +80,8 @@ def epoch_records(setup: Setup, state: TrainState, sums: dict, train_s: float,
     records = []
     for i, seen in enumerate(sums["examples"]):
         record = {"epoch": epoch, "step": step}
-        record.update({f"train_{m}": v[i] / seen if seen else float("nan")
-                       for m, v in sums["metrics"].items()})
+        record.update({f"train_{m}": sums["metrics"][m][i] / seen if seen else float("nan")
+                       for m in setup.objective.metrics})
         record.update({"lr": lr * scales[i], "nonfinite_steps": int(sums["nonfinite_steps"][i]),
                        "epoch_seconds": train_s, "examples_per_second": seen / train_s})
         records.append(record)

@@ -25,7 +25,6 @@ from dlrun.train.actions.stopping import EarlyStopping, Pruning, StopSignal
 from dlrun.train.epoch import make_epoch_runner
 from dlrun.train.evaluate import TrainingDiverged, epoch_records, make_evaluator
 from dlrun.train.pictures import pictures
-from dlrun.train.start import Start
 from dlrun.train.state import copy_of, count_params
 from dlrun.train.summary import make_summary, summarize_copies
 

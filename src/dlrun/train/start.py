@@ -13,7 +13,7 @@ from dlrun.runs.checkpoints import Checkpoints, Progress, config_diff, config_ha
 from dlrun.runtime import distributed
 from dlrun.train.setup import Setup
 from dlrun.train.state import TrainState, fresh_buffers, init_states, model_variables, run_keys
-from dlrun.train.step import epoch_acc
+from dlrun.train.step import epoch_acc, sums_from_array, sums_to_array
 
 
 class Start(NamedTuple):
@@ -73,13 +73,15 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
     if finished and layout.has_summary(run_dir):
         return None
     blank = fresh_start(setup)
-    tree = checkpoints.restore_state({"state": blank.state, "acc": epoch_acc(setup, n if n > 1 else None),
+    tree = checkpoints.restore_state({"state": blank.state,
+                                      "acc": sums_to_array(setup, epoch_acc(setup, n if n > 1 else None)),
                                       "rng": jax.random.key_data(blank.train_key),
                                       "best_params": blank.best_params})
     position = progress.epoch + progress.step_in_epoch / setup.steps_per_epoch
     progress.resumed_at.append(round(position, 6))
     return Start(tree["state"], jax.random.wrap_key_data(tree["rng"]),
-                 tree["acc"] if progress.step_in_epoch else None, tree["best_params"], progress)
+                 sums_from_array(setup, tree["acc"]) if progress.step_in_epoch else None,
+                 tree["best_params"], progress)
 
 
 def agree_start(setup: Setup, config: dict, start: Optional["Start"],
@@ -106,5 +108,6 @@ def agree_start(setup: Setup, config: dict, start: Optional["Start"],
                                   "best_params": start.best_params})
     progress = start.progress if distributed.is_primary() else Progress.from_meta(message["progress"], n)
     return Start(jax.tree.map(jnp.asarray, tree["state"]), jax.random.wrap_key_data(tree["rng"]),
-                 jnp.asarray(tree["acc"]) if message["acc"] else None, host_copy(tree["best_params"]),
+                 jax.tree.map(jnp.asarray, tree["acc"]) if message["acc"] else None,
+                 host_copy(tree["best_params"]),
                  progress), None

@@ -30,6 +30,22 @@ def epoch_acc(setup: Setup, copies: Optional[int] = None) -> dict:
             "metrics": {name: zero() for name in setup.objective.metrics}}
 
 
+def sums_to_array(setup: Setup, sums: dict) -> jax.Array:
+    """The sums as one float32 array, [examples, nonfinite_steps, first_nonfinite_step, *metrics
+    in the objective's order] along the last axis: how checkpoints store them (the layout of
+    checkpoint format 1). (A jitted function returns dicts with their keys sorted, so the
+    order is the objective's, never the dict's.)"""
+    return jnp.stack([sums["examples"], sums["nonfinite_steps"], sums["first_nonfinite_step"],
+                      *(sums["metrics"][name] for name in setup.objective.metrics)], axis=-1)
+
+
+def sums_from_array(setup: Setup, a: jax.Array) -> dict:
+    """sums_to_array's inverse, with the objective's metric names."""
+    a = jnp.asarray(a)
+    return {"examples": a[..., 0], "nonfinite_steps": a[..., 1], "first_nonfinite_step": a[..., 2],
+            "metrics": {name: a[..., 3 + k] for k, name in enumerate(setup.objective.metrics)}}
+
+
 def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable:
     """(state, sums, x, y, idx, w, key) -> (state, sums).
 
@@ -45,7 +61,7 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
     and the sums stay as they were) and is counted instead; train.nan_policy decides after the
     epoch whether the run stops (raise) or goes on (skip).
     """
-    model, tx, objective = setup.model, setup.tx, setup.objective
+    tx, objective = setup.tx, setup.objective
     loss_fn = make_loss(setup)
 
     def step(state: TrainState, acc, x, y, idx, w, key):

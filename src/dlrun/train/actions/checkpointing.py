@@ -11,7 +11,7 @@ from dlrun.errors import Interrupted
 from dlrun.runs.checkpoints import Checkpoints
 from dlrun.runtime import distributed
 from dlrun.train.actions import Loop
-from dlrun.train.step import epoch_acc
+from dlrun.train.step import epoch_acc, sums_to_array
 
 
 class Checkpointing:
@@ -38,7 +38,7 @@ class Checkpointing:
         step = int(np.asarray(loop.state.step).reshape(-1)[0])
         progress.elapsed_seconds = self.elapsed_before + time.perf_counter() - self.started_at
         tree = {"state": loop.state,
-                "acc": epoch_acc(loop.setup, n if n > 1 else None) if acc is None else acc,
+                "acc": sums_to_array(loop.setup, epoch_acc(loop.setup, n if n > 1 else None) if acc is None else acc),
                 "rng": jax.random.key_data(loop.train_key), "best_params": loop.best_params}
         if distributed.is_primary():
             self.checkpoints.save(step, tree, progress.to_meta(loop.config, step), error)
