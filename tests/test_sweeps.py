@@ -43,7 +43,7 @@ def final(run_dir: Path, key: str) -> float:
 
 # ---------------------------------------------------------------------------- pure parts
 def test_median_rule():
-    cfg = pruning.prune_config(enabled=True, warmup_epochs=2, min_trials=2)
+    cfg = pruning.PruneConfig(enabled=True, warmup_epochs=2, min_trials=2)
     peers = [{1: 0.2, 2: 0.10}, {1: 0.3, 2: 0.20}, {1: 0.4}]
     assert pruning.verdict([(1, 0.9)], peers, 1, cfg) is None  # before warmup
     assert pruning.verdict([(1, 0.9), (2, 0.16)], peers, 2, cfg) == {
@@ -53,7 +53,7 @@ def test_median_rule():
     assert pruning.verdict([(2, math.nan)], peers, 2, cfg)["value"] == math.inf  # diverged
     assert pruning.verdict([(2, 0.9)], peers[:1], 2, cfg) is None  # too few finished trials
     with pytest.raises(Exception, match="min_trials"):
-        pruning.prune_config(min_trials=0)
+        pruning.PruneConfig(min_trials=0)
 
 
 def test_labels_leave_out_what_the_group_option_decides():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dlrun import train
+from dlrun.errors import ConfigError
 from dlrun.data.splits import Split
 from dlrun.runs.atomic import load_arrays
 
@@ -185,3 +186,12 @@ def test_nan_policy_skip_goes_on_and_counts(tmp_path):
     assert all(r["nonfinite_steps"] > 0 for r in records) and summary["epochs"] == 2
     params = load_arrays(tmp_path / "params.pkl")
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(params))  # bad steps never applied
+
+
+def test_node_errors_name_the_key_path_once():
+    """A node's schema (a dataclass, dlrun.config.registry.build_node) prefixes its key path."""
+    with pytest.raises(ConfigError) as bad:
+        train.build_setup(compose("train.num_seeds=3", "train.lrs=[0.1,0.01]"))
+    assert str(bad.value).startswith("train.lrs gives 2 learning rates for train.num_seeds=3")
+    with pytest.raises(ConfigError, match=r"^checkpoint\.keep must be >= 1 \(got 0\)$"):
+        train.build_setup(compose("checkpoint.keep=0"))

@@ -87,6 +87,24 @@ def build(group: str, registry: Mapping[str, Callable], node: Mapping | DictConf
         raise ConfigError(f"{prefix}.{e}") from None
 
 
+def build_node(key: str, schema: Callable, node: Mapping | DictConfig | None) -> Any:
+    """A config node that is not a group (`train`, `checkpoint`, `prune`, `dist`): its schema is
+    a frozen dataclass whose fields (types, defaults) are the node's keys and whose
+    __post_init__ checks the values; ConfigError names the key path (`train.epochs ...`)."""
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    kwargs = typed_kwargs(key, schema, plain)
+    try:
+        return schema(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{key}.{e}") from None
+
+
+def setattrs(instance: Any, **values) -> None:
+    """Normalise fields of a frozen dataclass in its __post_init__ (lists to tuples, ...)."""
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+
+
 def require(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless `ok`. Builders use it for range checks."""
     if not ok:

@@ -5,7 +5,7 @@ NHWC (N, 28, 28, 1), and put on the device once. Each split is padded to a multi
 evaluation batch with label -1 rows, so evaluation compiles one shape; training only ever
 indexes the first `n` rows. Batches are gathered on the device inside the jitted step.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import List, Optional
 
@@ -16,27 +16,53 @@ import numpy as np
 from dlrun.data import sources as datasets
 from dlrun.errors import ConfigError
 from dlrun.data.preprocess import AUGMENT, PREPROCESS
-from dlrun.config.registry import require
+from dlrun.config.registry import require, setattrs
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """A validated `dataset` config node."""
+    """A validated `dataset` node. val_size images are held out from the end of the training
+    split; preprocess and augment are dlrun.data.preprocess's. `name` is the option's (set by
+    the registry, DATASETS)."""
 
-    name: str
-    val_size: int
-    train_subset: Optional[int]
-    data_dir: Optional[str]
-    download: bool
-    mirrors: Optional[List[str]]
+    val_size: int = 0
+    train_subset: Optional[int] = None
+    data_dir: Optional[str] = None
+    download: bool = True
+    mirrors: Optional[List[str]] = None
     preprocess: str = "none"
     pca_eps: float = 1e-5
     pca_dims: int = 0
-    augment: tuple = ()
+    augment: List[str] = ()
     max_shift: float = 2.0
     max_scale: float = 0.1
     elastic_alpha: float = 34.0
     elastic_sigma: float = 4.0
+    name: str = field(kw_only=True)
+
+    def __post_init__(self):
+        spec = datasets.REGISTRY[self.name]
+        n_train_raw = spec.counts[0]
+        require(self.data_dir is None or spec.source != "package",
+                f"data_dir does not apply to {self.name}, which ships inside dlrun (got "
+                f"{self.data_dir}); for your own copy of MNIST use dataset=mnist dataset.data_dir=DIR")
+        require(0 <= self.val_size < n_train_raw,
+                f"val_size must be in [0, {n_train_raw}) for {self.name} (got {self.val_size})")
+        require(self.train_subset is None or self.train_subset > 0,
+                f"train_subset must be a positive number of images or null (got {self.train_subset})")
+        require(self.preprocess in PREPROCESS,
+                f"preprocess must be one of {', '.join(PREPROCESS)} (got '{self.preprocess}')")
+        pixels_per_image = int(np.prod(spec.image_shape))
+        require(self.pca_eps > 0 and 0 <= self.pca_dims <= pixels_per_image,
+                f"need pca_eps > 0 and pca_dims in [0, {pixels_per_image}] (got {self.pca_eps}, "
+                f"{self.pca_dims})")
+        bad = [a for a in self.augment if a not in AUGMENT]
+        require(not bad, f"augment takes a list of {', '.join(AUGMENT)} (got {list(self.augment)}), "
+                         f"e.g. dataset.augment=[shift,scale]")
+        require(0 <= self.max_shift <= 14 and 0 <= self.max_scale < 1 and self.elastic_alpha >= 0
+                and self.elastic_sigma > 0, "need max_shift in [0, 14] pixels, max_scale in [0, 1), "
+                                            "elastic_alpha >= 0 and elastic_sigma > 0")
+        setattrs(self, augment=tuple(dict.fromkeys(self.augment)))
 
     def sizes(self) -> tuple[int, int, int]:
         """(n_train, n_val, n_test) this spec yields, known without loading the data."""
@@ -56,39 +82,7 @@ class DataConfig:
         return datasets.REGISTRY[self.name].image_shape
 
 
-def data_config(val_size: int = 0, train_subset: Optional[int] = None,
-                data_dir: Optional[str] = None, download: bool = True,
-                mirrors: Optional[List[str]] = None, preprocess: str = "none",
-                pca_eps: float = 1e-5, pca_dims: int = 0, augment: List[str] = (),
-                max_shift: float = 2.0, max_scale: float = 0.1, elastic_alpha: float = 34.0,
-                elastic_sigma: float = 4.0, *, name: str) -> DataConfig:
-    """Validate a dataset node. val_size images are held out from the end of the training split;
-    preprocess and augment are dlrun.data.preprocess's."""
-    n_train_raw, _ = datasets.REGISTRY[name].counts
-    require(data_dir is None or datasets.REGISTRY[name].source != "package",
-            f"data_dir does not apply to {name}, which ships inside dlrun (got {data_dir}); for "
-            f"your own copy of MNIST use dataset=mnist dataset.data_dir=DIR")
-    require(0 <= val_size < n_train_raw,
-            f"val_size must be in [0, {n_train_raw}) for {name} (got {val_size})")
-    require(train_subset is None or train_subset > 0,
-            f"train_subset must be a positive number of images or null (got {train_subset})")
-    require(preprocess in PREPROCESS,
-            f"preprocess must be one of {', '.join(PREPROCESS)} (got '{preprocess}')")
-    pixels_per_image = int(np.prod(datasets.REGISTRY[name].image_shape))
-    require(pca_eps > 0 and 0 <= pca_dims <= pixels_per_image,
-            f"need pca_eps > 0 and pca_dims in [0, {pixels_per_image}] (got {pca_eps}, {pca_dims})")
-    bad = [a for a in augment if a not in AUGMENT]
-    require(not bad, f"augment takes a list of {', '.join(AUGMENT)} (got {list(augment)}), "
-                     f"e.g. dataset.augment=[shift,scale]")
-    require(0 <= max_shift <= 14 and 0 <= max_scale < 1 and elastic_alpha >= 0 and elastic_sigma > 0,
-            "need max_shift in [0, 14] pixels, max_scale in [0, 1), elastic_alpha >= 0 and "
-            "elastic_sigma > 0")
-    return DataConfig(name, val_size, train_subset, data_dir, download, mirrors, preprocess,
-                      pca_eps, pca_dims, tuple(dict.fromkeys(augment)), max_shift, max_scale,
-                      elastic_alpha, elastic_sigma)
-
-
-DATASETS = {name: partial(data_config, name=name) for name in datasets.REGISTRY}
+DATASETS = {name: partial(DataConfig, name=name) for name in datasets.REGISTRY}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import numpy as np
 
 from dlrun.errors import ConfigError, FileError
 from dlrun.runs.atomic import atomic_write_json
-from dlrun.config.registry import require
+from dlrun.config.registry import require, setattrs
 
 log = logging.getLogger("dlrun")
 FORMAT = 1  # version of the checkpoint layout (meta["format"]); bump on incompatible changes
@@ -50,17 +50,17 @@ NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume", "
 class CheckpointConfig:
     """The `checkpoint` node of the config (see conf/config.yaml)."""
 
-    every_epochs: int
-    every_minutes: float
-    keep: int
+    every_epochs: int = 0
+    every_minutes: float = 1.0
+    keep: int = 2
 
-
-def checkpoint_config(every_epochs: int = 0, every_minutes: float = 1.0, keep: int = 2
-                      ) -> CheckpointConfig:
-    require(every_epochs >= 0, f"every_epochs must be >= 0 (got {every_epochs}; 0 = not by epochs)")
-    require(every_minutes >= 0, f"every_minutes must be >= 0 (got {every_minutes}; 0 = off)")
-    require(keep >= 1, f"keep must be >= 1 (got {keep})")
-    return CheckpointConfig(int(every_epochs), float(every_minutes), int(keep))
+    def __post_init__(self):
+        require(self.every_epochs >= 0, f"every_epochs must be >= 0 (got {self.every_epochs}; "
+                                        f"0 = not by epochs)")
+        require(self.every_minutes >= 0, f"every_minutes must be >= 0 (got {self.every_minutes}; 0 = off)")
+        require(self.keep >= 1, f"keep must be >= 1 (got {self.keep})")
+        setattrs(self, every_epochs=int(self.every_epochs), every_minutes=float(self.every_minutes),
+                 keep=int(self.keep))
 
 
 # ---- config identity -------------------------------------------------------------------------

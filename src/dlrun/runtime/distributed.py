@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from dlrun.errors import ConfigError, DlrunError, FileError
-from dlrun.config.registry import require
+from dlrun.config.registry import require, setattrs
 
 AXIS = "data"  # the mesh axis the batch is split along
 
@@ -39,41 +39,35 @@ AXIS = "data"  # the mesh axis the batch is split along
 class DistConfig:
     """The `dist` node of the config (see conf/config.yaml)."""
 
-    data_parallel: str  # auto | true | false
-    enabled: bool  # multi-process: jax.distributed.initialize()
-    coordinator_address: Optional[str]
-    num_processes: Optional[int]
-    process_id: Optional[int]
+    data_parallel: str = "auto"  # auto | true | false
+    enabled: bool = False  # multi-process: jax.distributed.initialize()
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
 
-
-def dist_config(data_parallel: str = "auto", enabled: bool = False,
-                coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                process_id: Optional[int] = None) -> DistConfig:
-    mode = str(data_parallel).lower()
-    require(mode in ("auto", "true", "false"),
-            f"data_parallel must be auto, true or false (got '{data_parallel}')")
-    require(num_processes is None or num_processes >= 1,
-            f"num_processes must be >= 1 or null (got {num_processes})")
-    require(process_id is None or (process_id >= 0 and (num_processes is None
-                                                        or process_id < num_processes)),
-            f"process_id must be in [0, num_processes) or null (got {process_id})")
-    require(enabled or (coordinator_address is None and num_processes is None
-                        and process_id is None),
-            "coordinator_address, num_processes and process_id are for multi-process runs: "
-            "add dist.enabled=true")
-    require(not (enabled and mode == "false"),
-            "dist.enabled=true trains one model over all processes' devices: it needs "
-            "dist.data_parallel=auto or true")
-    return DistConfig(mode, bool(enabled), coordinator_address, num_processes, process_id)
+    def __post_init__(self):
+        mode, n, i = str(self.data_parallel).lower(), self.num_processes, self.process_id
+        require(mode in ("auto", "true", "false"),
+                f"data_parallel must be auto, true or false (got '{self.data_parallel}')")
+        require(n is None or n >= 1, f"num_processes must be >= 1 or null (got {n})")
+        require(i is None or (i >= 0 and (n is None or i < n)),
+                f"process_id must be in [0, num_processes) or null (got {i})")
+        require(self.enabled or (self.coordinator_address is None and n is None and i is None),
+                "coordinator_address, num_processes and process_id are for multi-process runs: "
+                "add dist.enabled=true")
+        require(not (self.enabled and mode == "false"),
+                "dist.enabled=true trains one model over all processes' devices: it needs "
+                "dist.data_parallel=auto or true")
+        setattrs(self, data_parallel=mode, enabled=bool(self.enabled))
 
 
 def parse(node: Any) -> DistConfig:
     """The validated `dist` node (absent: single process, data parallel when there are devices)."""
     from omegaconf import OmegaConf
 
-    from dlrun.config.registry import build
+    from dlrun.config.registry import build_node
     plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
-    return build("dist", {"dist": dist_config}, {"name": "dist", **plain})
+    return build_node("dist", DistConfig, plain)
 
 
 def initialize(dc: DistConfig) -> None:

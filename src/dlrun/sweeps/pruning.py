@@ -29,15 +29,13 @@ from dlrun.config.registry import require
 class PruneConfig:
     """The `prune` node of the config (see conf/config.yaml)."""
 
-    enabled: bool
-    warmup_epochs: int
-    min_trials: int
+    enabled: bool = False
+    warmup_epochs: int = 1
+    min_trials: int = 2
 
-
-def prune_config(enabled: bool = False, warmup_epochs: int = 1, min_trials: int = 2) -> PruneConfig:
-    require(warmup_epochs >= 1, f"warmup_epochs must be >= 1 (got {warmup_epochs})")
-    require(min_trials >= 1, f"min_trials must be >= 1 (got {min_trials})")
-    return PruneConfig(bool(enabled), int(warmup_epochs), int(min_trials))
+    def __post_init__(self):
+        require(self.warmup_epochs >= 1, f"warmup_epochs must be >= 1 (got {self.warmup_epochs})")
+        require(self.min_trials >= 1, f"min_trials must be >= 1 (got {self.min_trials})")
 
 
 def verdict(own: Sequence[tuple[int, float]], peers: Sequence[dict], epoch: int,

@@ -15,14 +15,14 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import models, optim
-from dlrun.config.registry import build, require
+from dlrun.config.registry import build, build_node, require, setattrs
 from dlrun.data import preprocess
 from dlrun.data import splits as data_splits
 from dlrun.errors import ConfigError
 from dlrun.models import objectives
 from dlrun.optim import regularizers
 from dlrun.runs import tracking
-from dlrun.runs.checkpoints import CheckpointConfig, checkpoint_config
+from dlrun.runs.checkpoints import CheckpointConfig
 from dlrun.runtime import distributed
 from dlrun.sweeps import pruning
 from dlrun.train import early_stopping
@@ -35,48 +35,44 @@ OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The `train` node of the config (see conf/config.yaml for units)."""
+    """The `train` node of the config (see conf/config.yaml for units): its keys, types and
+    defaults are these fields, and __post_init__ checks them."""
 
-    epochs: int
-    batch_size: int
-    seed: int
-    shuffle: bool
-    drop_last: bool
-    eval_every: int
-    eval_train: bool
-    eval_batch_size: int
-    loop: str
-    compile_cache: bool
-    num_seeds: int
-    lrs: tuple
-    scan_unroll: int
-    nan_policy: str
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = True
+    eval_every: int = 1
+    eval_train: bool = False
+    eval_batch_size: int = 1000
+    loop: str = "auto"
+    compile_cache: bool = True
+    num_seeds: int = 1
+    lrs: List[float] = ()
+    scan_unroll: int = 4
+    nan_policy: str = "raise"
 
-
-def train_config(epochs: int = 10, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, eval_every: int = 1, eval_train: bool = False,
-                 eval_batch_size: int = 1000, loop: str = "auto", compile_cache: bool = True,
-                 num_seeds: int = 1, lrs: List[float] = (), scan_unroll: int = 4,
-                 nan_policy: str = "raise") -> TrainConfig:
-    require(epochs >= 1, f"epochs must be >= 1 (got {epochs})")
-    require(batch_size >= 0, f"batch_size must be >= 1, or 0 for the whole training split (got {batch_size})")
-    require(seed >= 0, f"seed must be >= 0 (got {seed})")
-    require(eval_every >= 1, f"eval_every must be >= 1 (got {eval_every})")
-    require(eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {eval_batch_size})")
-    require(loop in ("auto", "step", "scan"), f"loop must be auto, step or scan (got '{loop}')")
-    require(num_seeds >= 1, f"num_seeds must be >= 1 (got {num_seeds})")
-    if lrs and num_seeds % len(lrs):
-        raise ConfigError(
-            f"train.lrs gives {len(lrs)} learning rates for train.num_seeds={num_seeds} copies; "
-            f"num_seeds must be a multiple of it (copy i trains at lrs[i % {len(lrs)}]), e.g. "
-            f"train.num_seeds={len(lrs) * max(1, num_seeds // len(lrs))}, or lrs=[] to use "
-            f"optim.lr for all")
-    require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
-    require(scan_unroll >= 1, f"scan_unroll must be >= 1 (got {scan_unroll})")
-    require(nan_policy in ("raise", "skip"), f"nan_policy must be raise or skip (got '{nan_policy}')")
-    return TrainConfig(epochs, batch_size, seed, shuffle, drop_last, eval_every, eval_train,
-                       eval_batch_size, loop, compile_cache, num_seeds, tuple(lrs), scan_unroll,
-                       nan_policy)
+    def __post_init__(self):
+        setattrs(self, lrs=tuple(self.lrs))
+        require(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
+        require(self.batch_size >= 0, f"batch_size must be >= 1, or 0 for the whole training "
+                                      f"split (got {self.batch_size})")
+        require(self.seed >= 0, f"seed must be >= 0 (got {self.seed})")
+        require(self.eval_every >= 1, f"eval_every must be >= 1 (got {self.eval_every})")
+        require(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {self.eval_batch_size})")
+        require(self.loop in ("auto", "step", "scan"), f"loop must be auto, step or scan (got '{self.loop}')")
+        require(self.num_seeds >= 1, f"num_seeds must be >= 1 (got {self.num_seeds})")
+        lrs, n = self.lrs, self.num_seeds
+        if lrs and n % len(lrs):
+            raise ConfigError(
+                f"lrs gives {len(lrs)} learning rates for train.num_seeds={n} copies; "
+                f"num_seeds must be a multiple of it (copy i trains at lrs[i % {len(lrs)}]), e.g. "
+                f"train.num_seeds={len(lrs) * max(1, n // len(lrs))}, or lrs=[] to use optim.lr for all")
+        require(all(lr > 0 for lr in lrs), f"every entry of lrs must be > 0 (got {list(lrs)})")
+        require(self.scan_unroll >= 1, f"scan_unroll must be >= 1 (got {self.scan_unroll})")
+        require(self.nan_policy in ("raise", "skip"),
+                f"nan_policy must be raise or skip (got '{self.nan_policy}')")
 
 
 @dataclass(frozen=True)
@@ -123,7 +119,7 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 def build_setup(cfg: DictConfig) -> Setup:
     """Validate the whole config and build its components; raises ConfigError on bad input."""
     check_top_level(cfg)
-    tc = build("train", {"train": train_config}, {"name": "train", **cfg.train})
+    tc = build_node("train", TrainConfig, cfg.train)
     ds = build("dataset", data_splits.DATASETS, cfg.dataset)
     if tc.batch_size == 0:  # full batch: one step per epoch on the whole training split
         tc = dataclasses.replace(tc, batch_size=ds.sizes()[0], drop_last=False)
@@ -143,12 +139,10 @@ def build_setup(cfg: DictConfig) -> Setup:
     lr_schedule = lr_of(float(cfg.optim.lr))
     tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule)
     loop = tc.loop if tc.loop != "auto" else ("scan" if model.scan_friendly else "step")
-    ck = build("checkpoint", {"checkpoint": checkpoint_config},
-               {"name": "checkpoint", **(cfg.get("checkpoint") or {})})
+    ck = build_node("checkpoint", CheckpointConfig, cfg.get("checkpoint"))
     stopper = build("early_stopping", early_stopping.STOPPERS,
                     cfg.get("early_stopping") or {"name": "none"})
-    prune = build("prune", {"prune": pruning.prune_config},
-                  {"name": "prune", **(cfg.get("prune") or {})})
+    prune = build_node("prune", pruning.PruneConfig, cfg.get("prune"))
     phases = tuple(models.pretraining_phases(OmegaConf.to_container(cfg.model, resolve=True)))
     check_combinations(cfg, ds, tc, model, stopper, prune, phases)
     return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, lr_scales(cfg, tc), ck, stopper,
