@@ -1,4 +1,13 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2; the text of a
+user error is built by dlrun.cli.messages, and `one_line` cuts any other exception to the one
+line that goes into a message."""
+
+
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text, whitespace collapsed (its type name when
+    it has no text): what a one-line message quotes of a library's error."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 class DlrunError(Exception):

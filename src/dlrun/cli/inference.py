@@ -43,7 +43,7 @@ import numpy as np
 from dlrun import __version__
 from dlrun.runs import ownership
 from dlrun.runs.checkpoints import FORMAT, read_run_info
-from dlrun.errors import ConfigError, DlrunError, FileError
+from dlrun.errors import ConfigError, DlrunError, FileError, one_line
 from dlrun.runs.atomic import load_arrays
 
 SIDE = 28
@@ -347,7 +347,7 @@ def read_image(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise FileError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = one_line(exc)
         raise FileError(f"cannot read {path} as an image ({why}); give PNG or JPEG files, or an "
                         f".npy array of 28x28 images") from None
     if min(gray.shape) < 2:
@@ -363,7 +363,7 @@ def read_npy(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise FileError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise FileError(f"cannot read {path} as a numpy array ({str(exc).splitlines()[0]}); give "
+        raise FileError(f"cannot read {path} as a numpy array ({one_line(exc)}); give "
                         f"a file written by numpy.save") from None
     shape = x.shape
     if shape == (SIDE, SIDE):

@@ -16,8 +16,6 @@ import time
 STARTED_AT = time.perf_counter()  # "start to first step" is measured from here
 STARTED_WALL = time.time()
 
-import difflib  # noqa: E402
-import importlib.resources  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
@@ -25,14 +23,14 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
-import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from dlrun import __version__  # noqa: E402
+from dlrun.cli.messages import one_line, os_error_line  # noqa: E402
 from dlrun.runs import ownership  # noqa: E402
 from dlrun.runs import guard
 from dlrun.sweeps import launch_env
@@ -221,104 +219,6 @@ def discard_failed_sweeps() -> None:
             ownership.remove_created(sweep_dir)
 
 
-def flat(text: str) -> str:
-    """Hydra's multi-line messages (with their fix-it hints) as one line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(line for line in lines if not line.startswith("See https://hydra.cc"))
-
-
-def one_line(exc: BaseException) -> str:
-    """A single-line, actionable description of a user error."""
-    if isinstance(exc, MissingConfigException) and exc.options:
-        group, _, name = (exc.missing_cfg_file or "").rpartition("/")
-        plugins = (" (Hydra's joblib, submitit and optuna plugins: pip install -e '.[sweep]'; "
-                   "see README, Sweeps)" if group in ("hydra/launcher", "hydra/sweeper") else "")
-        return (f"unknown {group} '{name}'; choose one of: {', '.join(sorted(exc.options))}"
-                + plugins)
-    if isinstance(exc, OverrideParseException) and "LexerNoViableAltException" in str(exc):
-        bad = str(exc).split("LexerNoViableAltException:", 1)[1].splitlines()[0].strip()
-        return (f"cannot read the override {bad}: a character there is not allowed unquoted "
-                f"(a leading ~ is not expanded either); quote the value, e.g. "
-                f"key='\"my value\"', or give the full path")
-    cause = exc.__cause__
-    if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
-        return unknown_key(getattr(cause, "full_key", "?"))
-    text = flat(str(exc)) or type(exc).__name__
-    if "Ambiguous value for argument" in text:
-        return (text.split(" 1.")[0].rstrip() + "; to sweep over the values add -m (--multirun); "
-                "for a list write key=[a,b]")
-    if "To append to your config use" in text:
-        return text.replace("To append to your config use", "to add a new key use")
-    if cause is not None and str(cause).strip():
-        text += " " + flat(str(cause))
-    return text
-
-
-def unknown_key(key: str) -> str:
-    """Message for an override of a key the config does not have, with a suggestion."""
-    if key.startswith("regularizer."):
-        name = key.split(".")[1]
-        return (f"{key}: regularizer '{name}' is not selected; select it first, "
-                f"e.g. regularizer=[{name}] (a list: regularizer=[dropout,l2])")
-    if key.startswith("logger.") and key.count(".") > 1:  # a misspelt key of a selected logger
-        from dlrun.config.registry import config_params
-        from dlrun.runs.tracking import LOGGERS
-        name = key.split(".")[1]
-        valid = ", ".join(p.name for p in config_params(LOGGERS[name])) if name in LOGGERS else ""
-        return f"{key} is not a setting of logger {name}; valid keys: {valid or 'none'}"
-    if key.startswith("logger."):
-        name = key.split(".")[1]
-        return (f"{key}: logger '{name}' is not selected; select it first, "
-                f"e.g. logger=[{name}] (a list: logger=[tensorboard,mlflow])")
-    owners = key_owners().get(key)
-    if owners:  # a key of another option of the group, e.g. model.pretrain_epochs with model=mlp
-        group = key.split(".")[0]
-        return (f"{key} is not a setting of the {group} chosen; it is a setting of {group}="
-                f"{', '.join(owners)}: choose one first, e.g. {group}={owners[0]} {key}=...")
-    known = known_keys()
-    last = key.rsplit(".", 1)[-1]
-    guesses = [k for k in known if k.rsplit(".", 1)[-1] == last and k != key]
-    top = [k for k in known if "." not in k]
-    if not guesses and "." not in key:  # a misspelt group name: suggest groups first
-        guesses = difflib.get_close_matches(key, top, n=2, cutoff=0.6)
-    guesses = guesses or difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(guesses[:3])}?" if guesses else ""
-    return (f"{key} is not a setting of this config{hint} "
-            f"(`dlrun --cfg job` prints the valid keys, `dlrun --help` the groups)")
-
-
-def key_owners() -> dict[str, list[str]]:
-    """group.key -> the options of the group whose config file has that key."""
-    conf = importlib.resources.files("dlrun.conf")
-    owners: dict[str, list[str]] = {}
-    for group in conf.iterdir():
-        if group.is_dir() and group.name not in ("hydra", "experiment", "__pycache__", "regularizer",
-                                                       "logger"):
-            for option in sorted(group.iterdir(), key=lambda p: p.name):
-                if option.name.endswith(".yaml"):
-                    for k in yaml.safe_load(option.read_text()) or {}:
-                        if k != "name":
-                            owners.setdefault(f"{group.name}.{k}", []).append(option.name[:-5])
-    return owners
-
-
-def known_keys() -> list[str]:
-    """Every group name and every group.key found in the packaged config files."""
-    conf = importlib.resources.files("dlrun.conf")
-    keys = {"experiment"}
-    for group in conf.iterdir():
-        if not group.is_dir() or group.name in ("hydra", "experiment", "__pycache__"):
-            continue
-        keys.add(group.name)
-        for option in group.iterdir():
-            if option.name.endswith(".yaml"):
-                node = yaml.safe_load(option.read_text()) or {}
-                keys.update(f"{group.name}.{k}" for k in node)
-    top = yaml.safe_load((conf / "config.yaml").read_text())
-    keys.update(f"train.{k}" for k in top["train"])
-    return sorted(keys)
-
-
 def main() -> None:
     """Console entry point: run Hydra, turning user errors into one line and exit code 2."""
     debug = os.environ.get("DLRUN_DEBUG") == "1"
@@ -361,12 +261,6 @@ def main() -> None:
         sys.exit(2)
     if exit_code:
         sys.exit(exit_code)
-
-
-def os_error_line(exc: OSError) -> str:
-    where = f" {exc.filename}" if exc.filename else ""
-    return (f"cannot write{where} ({exc.strerror or exc}); check that the path is a writable "
-            f"directory with free space, or write runs elsewhere with hydra.run.dir=PATH")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, one_line
 
 
 def choose(group: str, registry: Mapping[str, Callable], name: str) -> Callable:
@@ -60,7 +60,7 @@ def typed_kwargs(prefix: str, builder: Callable, node: Mapping[str, Any] | DictC
         plain = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        msg = getattr(e, "msg", str(e)).splitlines()[0]
+        msg = one_line(getattr(e, "msg", str(e)))
         raise ConfigError(f"{prefix}.{key}: {msg}") from None
     for key, value in plain.items():
         if isinstance(value, float) and not math.isfinite(value):

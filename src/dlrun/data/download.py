@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dlrun import errors
 from dlrun.errors import DataError
 from dlrun.runs.atomic import atomic_write_bytes
 
@@ -25,7 +26,7 @@ def short(digest: str) -> str:
 def one_line(e: BaseException | str) -> str:
     if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
         e = e.reason  # "Connection refused" rather than "<urlopen error [Errno 111] ...>"
-    return " ".join(str(e).split()) or type(e).__name__
+    return errors.one_line(e)
 
 
 def fetch(url: str, timeout: float) -> bytes:

@@ -20,7 +20,6 @@ change the numbers); `config_hash` ignores exactly those.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -32,18 +31,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from dlrun.errors import ConfigError, FileError
+from dlrun.errors import ConfigError, FileError, one_line
 from dlrun.runs.atomic import atomic_write_json
+from dlrun.config.identity import config_hash
 from dlrun.config.registry import require, setattrs
 
 log = logging.getLogger("dlrun")
 FORMAT = 1  # version of the checkpoint layout (meta["format"]); bump on incompatible changes
-# Config keys a resumed run may change: the run length, and keys that never change the numbers.
-# `dist` (devices, processes) is neutral: a run may resume on another number of devices; its
-# numbers then agree with an uninterrupted run to float rounding (the all-reduce sums in another
-# order), not bit for bit.
-NEUTRAL_KEYS = ("train.epochs", "train.compile_cache", "checkpoint", "resume", "plots", "dist",
-                "progress", "logger")
 
 
 @dataclass(frozen=True)
@@ -61,41 +55,6 @@ class CheckpointConfig:
         require(self.keep >= 1, f"keep must be >= 1 (got {self.keep})")
         setattrs(self, every_epochs=int(self.every_epochs), every_minutes=float(self.every_minutes),
                  keep=int(self.keep))
-
-
-# ---- config identity -------------------------------------------------------------------------
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def is_neutral(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)
-
-
-def comparable(config: dict) -> dict[str, Any]:
-    """The flattened config without the keys a resumed run may change."""
-    return {k: v for k, v in flatten(config).items() if not is_neutral(k)}
-
-
-def config_hash(config: dict) -> str:
-    """Identity of a run's config: equal for configs that differ only in NEUTRAL_KEYS."""
-    text = json.dumps(comparable(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_diff(theirs: dict, ours: dict, limit: int = 4) -> str:
-    """'optim.lr (0.1 there, 0.5 here), ...' for the non-neutral keys that differ."""
-    a, b = comparable(theirs), comparable(ours)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
-    text = ", ".join(f"{k} ({a.get(k, '<absent>')} there, {b.get(k, '<absent>')} here)"
-                     for k in keys[:limit])
-    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 # ---- run.json and the run lock --------------------------------------------------------------
@@ -357,8 +316,8 @@ def quietly(fn: Callable[[], Any]) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().split(". See full TensorStore details")[0].splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return one_line(str(exc).split(". See full TensorStore details")[0]) if str(exc).strip() \
+        else type(exc).__name__
 
 
 def _damaged(where: Path, exc: BaseException) -> FileError:

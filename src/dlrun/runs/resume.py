@@ -4,7 +4,7 @@ The CLI calls `resolve_resume` in each job, after Hydra made (or found) the job'
 before anything is written into it. The rules (README, "Nothing lost"):
 
 * resume=PATH: that run, with its own config when no overrides but the neutral keys
-  (dlrun.runs.checkpoints.NEUTRAL_KEYS: train.epochs, checkpoint.*, ...) are given;
+  (dlrun.config.identity.NEUTRAL_KEYS: train.epochs, checkpoint.*, ...) are given;
 * resume=true in a directory that already holds a run (a fixed hydra.run.dir, or the job
   directory of a sweep rerun into its hydra.sweep.dir): THAT run, which must have this config;
 * resume=true in a new directory with a fixed name: a new run there;
@@ -32,11 +32,12 @@ def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
     sweep rerun into its hydra.sweep.dir), which must have this config; in a new directory
     with a fixed name, a new run there; otherwise (the default, time-stamped directories) the
     run under the run-directory root (outputs/) with this config, up to the keys a resumed run
-    may change (dlrun.runs.checkpoints.NEUTRAL_KEYS), and the newest checkpoint; none found: a new
+    may change (dlrun.config.identity.NEUTRAL_KEYS), and the newest checkpoint; none found: a new
     run. resume=PATH: that run; with no overrides but train.epochs and checkpoint.*, its own
     config is used, otherwise the config must match it.
     """
-    from dlrun.runs.checkpoints import find_resumable, is_neutral, read_run_info
+    from dlrun.config.identity import is_neutral
+    from dlrun.runs.checkpoints import find_resumable, read_run_info
 
     value = cfg.get("resume", False)
     if value is False or value is None:
@@ -79,7 +80,8 @@ def resolve_resume(cfg: DictConfig, hc) -> tuple[Path | None, DictConfig]:
 def check_resumable(path: Path, cfg: DictConfig, config: dict, how: str) -> DictConfig:
     """`cfg` if the run in `path` has this config (up to NEUTRAL_KEYS) and a checkpoint to
     continue from; ConfigError saying what differs otherwise."""
-    from dlrun.runs.checkpoints import config_diff, config_hash, has_checkpoint, read_run_info
+    from dlrun.config.identity import config_diff, config_hash
+    from dlrun.runs.checkpoints import has_checkpoint, read_run_info
 
     info = read_run_info(path)
     if info.get("config_hash") != config_hash(config):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from dlrun.runs.checkpoints import flatten
-from dlrun.errors import ConfigError
+from dlrun.config.identity import flatten
+from dlrun.errors import ConfigError, one_line
 from dlrun.config.registry import build
 
 log = logging.getLogger("dlrun")
@@ -193,7 +193,7 @@ class Trackers:
                 self.active.append((spec.name, spec.open(run_dir, config, run_name)))
             except Exception as exc:  # noqa: BLE001 - a tracker never stops training
                 log.warning("warning: logger=%s could not start: %s", spec.name,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                            one_line(exc))
 
     def log(self, record: dict) -> None:
         for name, tracker in list(self.active):

@@ -38,7 +38,8 @@ from typing import Optional
 import numpy as np
 
 from dlrun.runs import ownership
-from dlrun.runs.checkpoints import flatten, is_locked
+from dlrun.config.identity import flatten
+from dlrun.runs.checkpoints import is_locked
 from dlrun.errors import FileError
 from dlrun.runs.atomic import atomic_write_text
 

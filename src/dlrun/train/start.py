@@ -9,7 +9,8 @@ import numpy as np
 
 from dlrun.errors import ConfigError, FileError
 from dlrun.runs import layout
-from dlrun.runs.checkpoints import Checkpoints, Progress, config_diff, config_hash, host_copy
+from dlrun.config.identity import config_diff, config_hash
+from dlrun.runs.checkpoints import Checkpoints, Progress, host_copy
 from dlrun.runtime import distributed
 from dlrun.train.setup import Setup
 from dlrun.train.state import TrainState, fresh_buffers, init_states, model_variables, run_keys

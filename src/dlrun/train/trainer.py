@@ -23,7 +23,8 @@ from dlrun.data import sources as datasets
 from dlrun.data import splits as data_splits
 from dlrun.errors import ConfigError, FileError
 from dlrun.runs import layout
-from dlrun.runs.checkpoints import (Checkpoints, RunLock, config_diff, config_hash, has_checkpoint,
+from dlrun.config.identity import config_diff, config_hash
+from dlrun.runs.checkpoints import (Checkpoints, RunLock, has_checkpoint,
                                     read_run_info, write_run_info)
 from dlrun.runtime import distributed
 from dlrun.runtime.compile_cache import enable_compile_cache
