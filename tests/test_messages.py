@@ -40,3 +40,13 @@ def test_did_you_mean_suggests_keys_of_the_selected_option(key, argv, want):
 def test_a_misspelt_key_through_hydra_names_the_selected_option():
     # in-process the selection comes from sys.argv (pytest's: no override), so the default adam
     assert "optim.lrr is not a setting of optim=adam; did you mean optim.lr?" in error_line("optim.lrr=0.1")
+
+
+def test_config_diff_names_the_chosen_option_and_shared_keys_first():
+    from dlrun.config.identity import config_diff
+    theirs = {"model": {"name": "logreg", "init": "zeros"}, "optim": {"lr": 0.1}}
+    ours = {"model": {"name": "mlp", "hidden": [625], "activation": "relu", "init": "glorot"},
+            "optim": {"lr": 0.5}}
+    assert config_diff(theirs, ours) == (
+        "model.name (logreg there, mlp here), model.init (zeros there, glorot here), "
+        "optim.lr (0.1 there, 0.5 here), model.activation (<absent> there, relu here) and 1 more")

@@ -57,7 +57,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # ---- the run directory -------------------------------------------------------------------------
 @dataclass
-class Run:
+class FinishedRun:
     dir: Path
     config: dict  # the resolved config, as one copy trains it (train.num_seeds = 1)
     params: dict  # params.pkl
@@ -72,7 +72,7 @@ class Run:
         return str(self.config["dataset"]["name"])
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path) -> FinishedRun:
     """Check that `run_dir` is a complete run this dlrun can read, and read it (JAX is imported
     only for a run with preprocess.npz)."""
     run_dir = Path(run_dir)
@@ -119,13 +119,13 @@ def load_run(run_dir: str | Path) -> Run:
             config.get("dataset", {}).get("preprocess", "none") != "none":
         from dlrun.data.preprocess import Transform
         transform = Transform.load(info_dir / "preprocess.npz")
-    return Run(run_dir, config, params, transform)
+    return FinishedRun(run_dir, config, params, transform)
 
 
 class Model:
     """A run's model with its parameters, rebuilt as training built it (imports JAX)."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: FinishedRun):
         import dataclasses
 
         import jax
@@ -279,7 +279,7 @@ def is_eval_record(path: Path) -> bool:
     return isinstance(record, dict) and {"run_dir", "metrics", "dlrun"} <= record.keys()
 
 
-def write_eval(out: Path, run: Run, dataset: str, split: str, n: int, metrics: dict,
+def write_eval(out: Path, run: FinishedRun, dataset: str, split: str, n: int, metrics: dict,
                matrix: Optional[np.ndarray]) -> list[str]:
     from dlrun.runs import pictures as plots
     from dlrun.runs.atomic import atomic_write_json

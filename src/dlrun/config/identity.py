@@ -40,10 +40,19 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def difference_rank(key: str, a: dict, b: dict) -> int:
+    """What differs first: a chosen option (`model.name`: logreg there, mlp here), then a value
+    both configs set, then keys only one has (the other option's settings)."""
+    if key.endswith(".name"):
+        return 0
+    return 1 if key in a and key in b else 2
+
+
 def config_diff(theirs: dict, ours: dict, limit: int = 4) -> str:
     """'optim.lr (0.1 there, 0.5 here), ...' for the non-neutral keys that differ."""
     a, b = comparable(theirs), comparable(ours)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    keys = sorted((k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")),
+                  key=lambda k: (difference_rank(k, a, b), k))
     text = ", ".join(f"{k} ({a.get(k, '<absent>')} there, {b.get(k, '<absent>')} here)"
                      for k in keys[:limit])
     return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

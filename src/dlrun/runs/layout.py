@@ -48,3 +48,11 @@ def has_summary(run_dir: Path) -> bool:
 def read_summary(run_dir: Path) -> dict:
     """The run's summary.json (OSError if absent, ValueError if not JSON)."""
     return json.loads((Path(run_dir) / SUMMARY).read_text())
+
+
+def copies(seed: int, num_seeds: int, lr: float, lrs) -> list[tuple[int, float]]:
+    """(seed, learning rate) of each copy of train.num_seeds: copy i trains with seed + i at
+    lrs[i % len(lrs)] (a seeds x learning rates grid), or at lr when lrs is empty, and writes
+    copy_dir(run_dir, seed). The one place the rule is written: the trainer and dlrun-report
+    both read it here."""
+    return [(seed + i, float(lrs[i % len(lrs)]) if lrs else float(lr)) for i in range(num_seeds)]

@@ -85,8 +85,8 @@ def check_resumable(path: Path, cfg: DictConfig, config: dict, how: str) -> Dict
 
     info = read_run_info(path)
     if info.get("config_hash") != config_hash(config):
-        raise ConfigError(f"{how}: {path} holds a run of another config (it differs in "
-                          f"{config_diff(info['config'], config)}); only train.epochs may "
+        raise ConfigError(f"{how}: {path} holds a run of another config, which differs in "
+                          f"{config_diff(info['config'], config)}; only train.epochs may "
                           f"change. Give resume={path} alone to continue it with its own "
                           f"config, or a new directory for this one; nothing was changed")
     if not has_checkpoint(path):

@@ -37,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from dlrun.runs import ownership
+from dlrun.runs import layout, ownership
 from dlrun.config.identity import flatten
 from dlrun.runs.checkpoints import is_locked
 from dlrun.errors import FileError
@@ -54,7 +54,7 @@ HEADING = "# Sweep report: "  # report.md's first line: how an earlier report is
 
 
 @dataclass
-class Run:
+class SweepRun:
     dir: Path
     config: dict  # flattened resolved config
     status: str  # done | pruned@E | running | stopped
@@ -125,7 +125,7 @@ def status_of(summary: Optional[dict], running: bool) -> str:
     return "running" if running else "stopped"
 
 
-def read_run(run_dir: Path) -> list[Run]:
+def read_run(run_dir: Path) -> list[SweepRun]:
     """The run in run_dir (with run.json), or its copies when it trained several."""
     info = read_json(run_dir / "run.json")
     if info is None or not isinstance(info.get("config"), dict):
@@ -134,24 +134,24 @@ def read_run(run_dir: Path) -> list[Run]:
     running = is_locked(run_dir)
     train = config.get("train") or {}
     if int(train.get("num_seeds", 1) or 1) == 1:
-        summary = read_json(run_dir / "summary.json")
-        return [Run(run_dir, flatten(config), status_of(summary, running), read_history(run_dir),
+        summary = read_json(run_dir / layout.SUMMARY)
+        return [SweepRun(run_dir, flatten(config), status_of(summary, running), read_history(run_dir),
                     summary)]
-    seed, n, lrs = int(train.get("seed", 0)), int(train["num_seeds"]), train.get("lrs") or []
+    lrs = train.get("lrs") or []
     runs = []
-    for i in range(n):  # copy i: seed + i at lrs[i % len(lrs)] (dlrun.train.build_setup)
-        copy_dir = run_dir / f"seed_{seed + i}"
-        flat = dict(flatten(config), **{"train.seed": seed + i, "train.num_seeds": 1,
-                                        "train.lrs": []})
+    for seed, lr in layout.copies(int(train.get("seed", 0)), int(train["num_seeds"]),
+                                  (config.get("optim") or {}).get("lr", 0.0), lrs):
+        copy_dir = layout.copy_dir(run_dir, seed)
+        flat = dict(flatten(config), **{"train.seed": seed, "train.num_seeds": 1, "train.lrs": []})
         if lrs:
-            flat["optim.lr"] = float(lrs[i % len(lrs)])
-        summary = read_json(copy_dir / "summary.json")
-        runs.append(Run(copy_dir, flat, status_of(summary, running), read_history(copy_dir),
+            flat["optim.lr"] = lr
+        summary = read_json(copy_dir / layout.SUMMARY)
+        runs.append(SweepRun(copy_dir, flat, status_of(summary, running), read_history(copy_dir),
                         summary))
     return runs
 
 
-def find_runs(root: Path) -> list[Run]:
+def find_runs(root: Path) -> list[SweepRun]:
     """Every run under root, following the links a resumed sweep leaves to earlier runs; a run's
     own subdirectories (checkpoints, pretraining phases) are not searched."""
     runs, seen = [], set()
@@ -220,11 +220,11 @@ def label_of(settings: dict) -> str:
     return " ".join(parts) or "(one configuration)"
 
 
-def group_runs(runs: list[Run]) -> list[Config]:
+def group_runs(runs: list[SweepRun]) -> list[Config]:
     """Runs with equal configurations (up to IGNORED) together, in order of first appearance."""
     identity = lambda r: json.dumps({k: v for k, v in r.config.items() if not ignored(k)},
                                     sort_keys=True, default=str)
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[SweepRun]] = {}
     for run in runs:
         groups.setdefault(identity(run), []).append(run)
     members = list(groups.values())
@@ -235,6 +235,17 @@ def group_runs(runs: list[Run]) -> list[Config]:
         settings = {k: first.get(k) for k in keys}
         out.append(Config(label_of(settings), settings, group))
     return out
+
+
+def dataset_of(c: Config) -> str:
+    return str(c.runs[0].config.get("dataset.name", "?"))
+
+
+def rank_per_dataset(configs: list[Config], metric: str) -> list[Config]:
+    """Ranked within each dataset (errors on different data do not compare), the datasets in
+    order of first appearance."""
+    order = list(dict.fromkeys(dataset_of(c) for c in configs))
+    return [c for name in order for c in rank([c for c in configs if dataset_of(c) == name], metric)]
 
 
 def rank(configs: list[Config], metric: str) -> list[Config]:
@@ -260,7 +271,7 @@ def fmt(value: Optional[float], metric: str) -> str:
     return f"{100 * value:.2f}" if metric == "error" else f"{value:.4g}"
 
 
-def status_counts(runs: list[Run]) -> str:
+def status_counts(runs: list[SweepRun]) -> str:
     counts = defaultdict(int)
     for r in runs:
         counts[r.status.split("@")[0]] += 1
@@ -268,9 +279,11 @@ def status_counts(runs: list[Run]) -> str:
 
 
 def config_rows(configs: list[Config]) -> list[dict]:
-    rows = []
-    for i, c in enumerate(configs, 1):
-        row = {"rank": i, "config": c.label, **{k: c.settings[k] for k in c.settings},
+    rows, rank_in = [], defaultdict(int)
+    for c in configs:
+        rank_in[dataset_of(c)] += 1
+        row = {"rank": rank_in[dataset_of(c)], "dataset": dataset_of(c), "config": c.label,
+               **{k: c.settings[k] for k in c.settings},
                "runs": len(c.runs), "status": status_counts(c.runs),
                "seeds": " ".join(str(r.config.get("train.seed")) for r in c.runs),
                "metric": c.runs[0].metric}
@@ -311,14 +324,30 @@ def csv_text(rows: list[dict]) -> str:
 
 def markdown(root: Path, rows: list[dict], runs: list[dict], metric: str) -> str:
     unit = " (%)" if all(r["metric"] == "error" for r in rows) else ""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    apart = f", each dataset apart ({', '.join(datasets)})" if len(datasets) > 1 else ""
+    lines = [f"{HEADING}{root}", "",
+             f"{len(runs)} run(s) in {len(rows)} configuration(s), ranked by {metric} "
+             f"(lowest first){apart}. Values{unit}: mean ± std over the configuration's done runs "
+             f"(`*`: none done yet, over what its runs reached)."]
+    for name in datasets:
+        if len(datasets) > 1:
+            lines += ["", f"## Dataset {name}"]
+        lines += [""] + config_table([r for r in rows if r["dataset"] == name])
+    lines += ["", "## Runs", "", "| run | configuration | seed | status | epochs | final val | "
+              "best val | final test | best test |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['run']} | {r['config']} | {r['seed']} | {r['status']} | {r['epochs']} | "
+                     + " | ".join(fmt(r[w], r["metric"]) for w in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def config_table(rows: list[dict]) -> list[str]:
+    """The ranked configurations of one dataset as markdown table lines."""
     cell = lambda row, w: ("" if row[f"{w}_mean"] is None else
                            f"{fmt(row[f'{w}_mean'], row['metric'])} ± {fmt(row[f'{w}_std'], row['metric'])}"
                            + (" *" if row[f"{w}_partial"] else ""))
-    lines = [f"{HEADING}{root}", "",
-             f"{len(runs)} run(s) in {len(rows)} configuration(s), ranked by {metric} "
-             f"(lowest first). Values{unit}: mean ± std over the configuration's done runs "
-             f"(`*`: none done yet, over what its runs reached).", "",
-             "| rank | configuration | runs | status | final val | best val | final test | "
+    lines = ["| rank | configuration | runs | status | final val | best val | final test | "
              "best test | epochs | train s | total s |",
              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
@@ -329,12 +358,7 @@ def markdown(root: Path, rows: list[dict], runs: list[dict], metric: str) -> str
             + ("" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.2f}")
             + " | " + ("" if row["total_seconds_mean"] is None else f"{row['total_seconds_mean']:.1f}")
             + " |")
-    lines += ["", "## Runs", "", "| run | configuration | seed | status | epochs | final val | "
-              "best val | final test | best test |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        lines.append(f"| {r['run']} | {r['config']} | {r['seed']} | {r['status']} | {r['epochs']} | "
-                     + " | ".join(fmt(r[w], r["metric"]) for w in METRICS) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def curves_png(configs: list[Config], path: Path) -> None:
@@ -368,25 +392,30 @@ def curves_png(configs: list[Config], path: Path) -> None:
     _save(fig, path)
 
 
-def write_report(root: str | os.PathLike, metric: str = "final_val", plot: bool = True) -> list[dict]:
-    """Write report.md, report.csv, runs.csv (and report.png) into `root`; return the ranked
-    configuration rows. Works on finished, running and crashed sweeps alike."""
+def write_report(root: str | os.PathLike, metric: str = "final_val", plot: bool = True,
+                 out: str | os.PathLike | None = None) -> list[dict]:
+    """Write report.md, report.csv, runs.csv (and report.png) into `out` (default: `root`);
+    return the ranked configuration rows. Works on finished, running and crashed sweeps alike."""
     root = Path(root)
+    out = Path(out) if out is not None else root
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no dlrun runs under {root} (no run.json found)")
-    # an earlier report is replaced; a user's file of the same name never is
-    ownership.check_replaceable(root, OUTPUTS, "report.md",
-                                lambda p: p.read_text(errors="replace").startswith(HEADING),
-                                "dlrun-report")
-    configs = rank(group_runs(runs), metric)
+    if out.exists() and not out.is_dir():
+        raise FileError(f"--out {out} is a file; give a directory (new or holding an earlier report)")
+    if out.is_dir():  # an earlier report is replaced; a user's file of the same name never is
+        ownership.check_replaceable(out, OUTPUTS, "report.md",
+                                    lambda p: p.read_text(errors="replace").startswith(HEADING),
+                                    "dlrun-report")
+    ownership.mkdirs(out)
+    configs = rank_per_dataset(group_runs(runs), metric)
     rows = config_rows(configs)
     per_run = run_rows(configs, root)
-    atomic_write_text(root / "report.csv", csv_text(rows))
-    atomic_write_text(root / "runs.csv", csv_text(per_run))
-    atomic_write_text(root / "report.md", markdown(root, rows, per_run, metric))
+    atomic_write_text(out / "report.csv", csv_text(rows))
+    atomic_write_text(out / "runs.csv", csv_text(per_run))
+    atomic_write_text(out / "report.md", markdown(root, rows, per_run, metric))
     if plot and any(r.history for r in runs):
-        curves_png(configs, root / "report.png")
+        curves_png(configs, out / "report.png")
     return rows
 
 
@@ -401,23 +430,27 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="rank configurations by this mean (default: final_val; a "
                              "configuration without a validation split falls back to test)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw report.png")
+    parser.add_argument("--out", metavar="DIR", help="write the report files into DIR (made if "
+                        "missing) instead of PATH: for a folder of runs that is not yours to write")
     args = parser.parse_args(argv)
     path = Path(args.path)
     if not path.is_dir():
         parser.exit(2, f"dlrun-report: error: {path} is not a directory; give a sweep directory "
                        f"such as outputs/multirun/<date>/<time>\n")
     try:
-        rows = write_report(path, args.metric, plot=not args.no_plot)
+        rows = write_report(path, args.metric, plot=not args.no_plot, out=args.out)
     except FileNotFoundError as exc:
         parser.exit(2, f"dlrun-report: error: {exc}; give the directory a sweep or run wrote\n")
     except FileError as exc:
         parser.exit(2, f"dlrun-report: error: {exc}\n")
     except OSError as exc:
         parser.exit(2, f"dlrun-report: error: cannot write into {path} ({exc.strerror or exc})\n")
-    best = rows[0]
-    print(f"{len(rows)} configuration(s); best by {args.metric}: {best['config']} "
-          f"({best['status']})")
-    print(f"report: {(path / 'report.md').resolve()}")
+    firsts = [r for r in rows if r["rank"] == 1]  # one per dataset
+    for best in firsts:
+        on = f" on {best['dataset']}" if len(firsts) > 1 else ""
+        print(f"{len(rows)} configuration(s); best by {args.metric}{on}: {best['config']} "
+              f"({best['status']})")
+    print(f"report: {(Path(args.out or path) / 'report.md').resolve()}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dlrun.data import splits as data_splits
 from dlrun.errors import ConfigError
 from dlrun.models import objectives
 from dlrun.optim import regularizers
-from dlrun.runs import tracking
+from dlrun.runs import layout, tracking
 from dlrun.runs.checkpoints import CheckpointConfig
 from dlrun.runtime import distributed
 from dlrun.sweeps import pruning
@@ -104,7 +104,7 @@ class Setup:
 
     @property
     def seeds(self) -> list[int]:
-        return [seed for seed, _ in copy_seeds_lrs(self.train.seed, self.copies, 0.0, ())]
+        return [seed for seed, _ in layout.copies(self.train.seed, self.copies, 0.0, ())]
 
     def select_key(self, splits) -> str:
         """The record key that picks the best epoch: the objective's metric on val, else test."""
@@ -172,13 +172,6 @@ def full_batch_train(cfg: DictConfig, tc: TrainConfig, model, reg, n_train: int)
     return dataclasses.replace(tc, batch_size=n_train, drop_last=False, shuffle=False)
 
 
-def copy_seeds_lrs(seed: int, num_seeds: int, lr: float, lrs) -> list[tuple[int, float]]:
-    """The copy rule of train.num_seeds: copy i trains with seed + i at lrs[i % len(lrs)] (a
-    seeds x learning rates grid), or at lr when lrs is empty. The one place it is written:
-    the trainer, the run directories (seed_<seed>/) and dlrun-report all read it from here."""
-    return [(seed + i, float(lrs[i % len(lrs)]) if lrs else float(lr)) for i in range(num_seeds)]
-
-
 def lr_scales(cfg: DictConfig, tc: TrainConfig) -> Optional[tuple]:
     """Each copy's learning rate / optim.lr (train.num_seeds > 1), or None for one run."""
     if tc.num_seeds == 1:
@@ -190,7 +183,7 @@ def lr_scales(cfg: DictConfig, tc: TrainConfig) -> Optional[tuple]:
             "scale); sweep optim.lr with -m instead")
     if not tc.lrs:
         return (1.0,) * tc.num_seeds
-    return tuple(copy_lr / lr for _, copy_lr in copy_seeds_lrs(tc.seed, tc.num_seeds, lr, tc.lrs))
+    return tuple(copy_lr / lr for _, copy_lr in layout.copies(tc.seed, tc.num_seeds, lr, tc.lrs))
 
 
 def check_combinations(cfg: DictConfig, ds, tc: TrainConfig, model, stopper, prune, phases) -> None:
