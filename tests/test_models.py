@@ -12,7 +12,7 @@ X = jnp.zeros((4, 28, 28, 1), jnp.float32)
 
 
 def make(name, dropout=None, **kw):
-    return build("model", models.MODELS, {"name": name, **kw}, num_classes=10,
+    return build("model", models.MODELS, {"name": name, **kw}, num_classes=10, input_shape=(28, 28, 1),
                  dropout=dropout or {})
 
 

@@ -19,7 +19,8 @@ X = jnp.asarray(np.random.RandomState(0).rand(4, 28, 28, 1), jnp.float32)
 
 
 def make(name, **kw):
-    return build("model", models.MODELS, {"name": name, **kw}, num_classes=10, dropout={})
+    return build("model", models.MODELS, {"name": name, **kw}, num_classes=10, dropout={},
+                 input_shape=(28, 28, 1))
 
 
 def records_of(run_dir):

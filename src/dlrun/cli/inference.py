@@ -1,6 +1,6 @@
 """Using a finished run: `dlrun-eval RUN_DIR` and `dlrun-predict RUN_DIR IMAGES...`.
 
-A run directory (see README, "What a run writes") holds everything needed to rebuild its model:
+A run directory (see docs/guide.md, "What a run writes") holds everything needed to rebuild its model:
 run.json (the resolved config, the run format and the dlrun version), params.pkl (the final
 parameters; the best epoch's under early stopping) and, with `dataset.preprocess`,
 preprocess.npz (the transform fitted on its training split). `load_run` checks the directory

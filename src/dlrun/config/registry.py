@@ -82,7 +82,7 @@ def build(group: str, registry: Mapping[str, Callable], node: Mapping | DictConf
     builder = choose(group, registry, name)
     kwargs = typed_kwargs(prefix, builder, plain)
     try:
-        return builder(**kwargs, **runtime)
+        return builder(**kwargs, **wanted(builder, runtime))
     except ConfigError as e:
         raise ConfigError(f"{prefix}.{e}") from None
 
@@ -103,6 +103,15 @@ def setattrs(instance: Any, **values) -> None:
     """Normalise fields of a frozen dataclass in its __post_init__ (lists to tuples, ...)."""
     for name, value in values.items():
         object.__setattr__(instance, name, value)
+
+
+def wanted(builder: Callable, runtime: dict) -> dict:
+    """The runtime inputs a builder declares (keyword-only parameters): a model that does not
+    need the input shape does not take it."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return runtime
+    return {k: v for k, v in runtime.items() if k in params and params[k].kind == params[k].KEYWORD_ONLY}
 
 
 def require(ok: bool, message: str) -> None:

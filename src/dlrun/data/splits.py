@@ -92,7 +92,7 @@ class Split:
     Pixels stay uint8 on the device and become float32 in [0, 1] (`pixels`) inside the jitted
     step, fused into the batch gather: a quarter of the memory, and a quarter of the memory
     traffic for whole-split evaluation, which is bandwidth-bound (radford_logreg evaluates all
-    60,000 training images after every epoch: 47 ms as float32, see README speed section).
+    60,000 training images after every epoch: 47 ms as float32, see docs/speed.md).
     """
 
     x: jax.Array

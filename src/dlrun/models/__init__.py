@@ -1,7 +1,7 @@
 """Models: the `model` config group. Name -> builder of a Flax Linen module.
 
 Every model is called as `module.apply(variables, x, train=bool, rngs={'dropout': k, 'sample': k2})`
-with `x` of shape (B, 28, 28, 1) float32. What it returns is what its objective scores
+with `x` of shape (B, H, W, C) float32 (the dataset's image shape, dlrun.data.sources). What it returns is what its objective scores
 (dlrun.models.objectives, named by the class's `objective`): logits (B, num_classes) for classifiers,
 {'logits', 'target'} for autoencoders, {'surrogate', 'logits', 'target', 'pseudo_ll'} for RBMs.
 Dropout rates are model arguments (they come from `regularizer=dropout`, see regularizers.py)

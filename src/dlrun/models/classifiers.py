@@ -38,7 +38,7 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act, k_init = ACTIVATIONS[self.activation], kernel_init(self.weight_init, self.init_std, self.activation)
-        x = nn.Dropout(self.dropout_input, deterministic=not train)(x)  # (B, 28, 28, 1)
+        x = nn.Dropout(self.dropout_input, deterministic=not train)(x)  # (B, H, W, C)
         k = self.kernel_size
         for i, (feat, pad) in enumerate(zip(self.features, self.padding)):
             x = Conv(feat, k, pad, self.use_bias, k_init, name=f"conv_{i}")(x, train)
@@ -60,7 +60,7 @@ class ConvNet(nn.Module):
 
 def logreg(use_bias: bool = True, init: str = "zeros", init_std: float = 0.01, *,
            num_classes: int, dropout: dict) -> nn.Module:
-    """Multinomial logistic regression: 784 -> num_classes softmax."""
+    """Multinomial logistic regression: H*W*C pixels -> num_classes softmax."""
     _check_common("tanh", init, init_std)  # no hidden units: plain Glorot
     return Dense((), "tanh", use_bias, init, init_std, num_classes,
                  dropout_input=dropout.get("input", 0.0),
@@ -83,8 +83,9 @@ def mlp(hidden: List[int] = (625,), activation: str = "relu", use_bias: bool = T
 def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List[int] = (2, 0, 0),
         pool: int = 2, pool_ceil: bool = True, hidden: List[int] = (625,), activation: str = "relu",
         use_bias: bool = True, init: str = "glorot", init_std: float = 0.01, *,
-        num_classes: int, dropout: dict) -> nn.Module:
-    """Convolutional net; the default architecture is the seed notebook's convnet."""
+        num_classes: int, dropout: dict, input_shape: tuple) -> nn.Module:
+    """Convolutional net; the default architecture is the seed notebook's convnet.
+    input_shape: (height, width, channels) of the dataset's images (dlrun.data.sources)."""
     _check_common(activation, init, init_std)
     require(len(features) > 0 and all(f > 0 for f in features),
             f"features must be a non-empty list of positive channel counts (got {list(features)})")
@@ -93,11 +94,11 @@ def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List
     require(kernel_size > 0 and pool >= 1 and all(p >= 0 for p in padding),
             "kernel_size must be > 0, pool >= 1 and padding >= 0")
     require(all(h > 0 for h in hidden), f"hidden sizes must be positive (got {list(hidden)})")
-    size = 28
+    size = min(input_shape[:2])
     for pad in padding:
         size = size + 2 * pad - kernel_size + 1
         require(size >= 1, f"the image shrinks to nothing: kernel_size {kernel_size} with padding "
-                           f"{list(padding)} is too large for 28x28 input")
+                           f"{list(padding)} is too large for {input_shape[0]}x{input_shape[1]} input")
         size = -(-size // pool) if pool_ceil else size // pool
         require(size >= 1, f"pooling by {pool} shrinks the image to nothing")
     return ConvNet(tuple(features), kernel_size, tuple(padding), pool, pool_ceil, tuple(hidden),
@@ -110,10 +111,10 @@ def cnn(features: List[int] = (32, 64, 128), kernel_size: int = 3, padding: List
 def lenet(features: List[int] = (20, 50), kernel_size: int = 5, padding: List[int] = (0, 0),
           pool: int = 2, pool_ceil: bool = False, hidden: List[int] = (500,),
           activation: str = "tanh", use_bias: bool = True, init: str = "glorot",
-          init_std: float = 0.01, *, num_classes: int, dropout: dict) -> nn.Module:
+          init_std: float = 0.01, *, num_classes: int, dropout: dict, input_shape: tuple) -> nn.Module:
     """DLT's LeNet (convolutional_mlp.py): 20@5x5 -> pool 2 -> tanh, 50@5x5 -> pool 2 -> tanh,
     500 tanh, softmax. DLT adds the bias and applies tanh after pooling; max-pooling commutes
     with a per-channel bias and a monotonic tanh, so this is the same function as ConvNet's
     conv -> tanh -> pool. 28 -> 24 -> 12 -> 8 -> 4: 800 features into the hidden layer."""
     return cnn(features, kernel_size, padding, pool, pool_ceil, hidden, activation, use_bias,
-               init, init_std, num_classes=num_classes, dropout=dropout)
+               init, init_std, num_classes=num_classes, dropout=dropout, input_shape=input_shape)

@@ -80,7 +80,7 @@ class Dense(nn.Module):
         act, k_init = ACTIVATIONS[self.activation], kernel_init(self.weight_init, self.init_std, self.activation)
         dense = functools.partial(DenseLayer, use_bias=self.use_bias, kernel_init=k_init,
                                   keep=self.dropconnect_keep)
-        x = x.reshape((x.shape[0], -1))  # (B, 784)
+        x = x.reshape((x.shape[0], -1))  # (B, H*W*C)
         x = nn.Dropout(self.dropout_input, deterministic=not train)(x)
         for i, units in enumerate(self.hidden):
             x = act(dense(units, name=f"hidden_{i}")(x, train))

@@ -9,8 +9,8 @@ from dlrun.models.layers import ACTIVATIONS, _check_common, kernel_init
 
 
 class Recurrent(nn.Module):
-    """Reads the image as a sequence of its 28 rows (28 pixels each), top to bottom, and
-    classifies from the last hidden state: (B, 28, 28, 1) -> cell over 28 steps -> dense -> logits.
+    """Reads the image as a sequence of its rows (W*C values each), top to bottom, and
+    classifies from the last hidden state: (B, H, W, C) -> cell over H steps -> dense -> logits.
     Trained by backpropagation through time (the gradient of the lax.scan over the rows)."""
 
     cell: str  # "simple" (Elman: h = act(W x + U h + b)) | "lstm"
@@ -25,7 +25,7 @@ class Recurrent(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = x.reshape((x.shape[0], 28, 28))  # (B, time = rows, features = pixels)
+        x = x.reshape((*x.shape[:2], -1))  # (B, time = rows, features = pixels of a row)
         x = nn.Dropout(self.dropout_input, deterministic=not train)(x)
         k_init = kernel_init(self.weight_init, self.init_std, self.activation)
         if self.cell == "lstm":

@@ -1,6 +1,6 @@
 """Refusing before anything is touched: the checks that keep dlrun (and Hydra, which makes
 and writes the run directory before dlrun's code runs) off a directory that already holds
-something. The other half of the rule that dlrun.runs.ownership keeps (README, "Nothing lost").
+something. The other half of the rule that dlrun.runs.ownership keeps (docs/guide.md, "Nothing lost").
 
 * `GuardRunDirs`, a Hydra callback (conf/config.yaml), runs before Hydra makes the run (sweep)
   directory: `check_run_dir` / `check_sweep_dir` refuse one that holds anything, unless

@@ -1,6 +1,6 @@
 """The one place dlrun deletes anything, and the rule it keeps: only what this invocation created.
 
-README, "Nothing lost": dlrun removes a path only if this very invocation (this process, since
+docs/guide.md, "Nothing lost": dlrun removes a path only if this very invocation (this process, since
 it started) created it. Whatever existed before, a user's files, an earlier run, the working
 directory, stays byte for byte, whatever fails. So every path dlrun or Hydra creates for a run
 is noted here when it is created (or, for what Hydra is about to create, just before), and

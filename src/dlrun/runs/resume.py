@@ -1,7 +1,7 @@
 """Where a run continues: `resume=true|PATH` resolved to a run directory and its config.
 
 The CLI calls `resolve_resume` in each job, after Hydra made (or found) the job's directory and
-before anything is written into it. The rules (README, "Nothing lost"):
+before anything is written into it. The rules (docs/guide.md, "Nothing lost"):
 
 * resume=PATH: that run, with its own config when no overrides but the neutral keys
   (dlrun.config.identity.NEUTRAL_KEYS: train.epochs, checkpoint.*, ...) are given;

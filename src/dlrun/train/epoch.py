@@ -63,6 +63,21 @@ def step_and_order(setup: Setup, n: int, key: jax.Array) -> tuple[Callable, Call
     return step, order_fn, dropout_key
 
 
+def placed(setup: Setup, arrays: tuple, order_fn: Callable) -> tuple[Callable, tuple, Callable]:
+    """(jit, arrays, order_fn) for the run's devices: on one device, jax.jit with the state and
+    sums donated; data parallel (setup.mesh), the batch rows split along `data` and all else
+    replicated."""
+    mesh, batched = setup.mesh, setup.copies > 1
+    jit = partial(jax.jit, donate_argnums=(0, 1))
+    if mesh is None:
+        return jit, arrays, order_fn
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch = distributed.batch_sharding(mesh, 3 if batched else 2)
+    jit = partial(jit, in_shardings=(rep, rep, rep, rep, batch, batch, rep)
+                  + ((rep,) if setup.loop == "step" else ()), out_shardings=rep)
+    return jit, distributed.replicate(mesh, arrays), lambda e: distributed.shard_batch(mesh, order_fn(e))
+
+
 def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) -> tuple[Callable, float]:
     """Compile the epoch for the chosen loop form; return (run_epoch, compile_s).
 
@@ -81,16 +96,8 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
 
     fn = scan_epoch if setup.loop == "scan" else one_step
     t0 = time.perf_counter()
-    mesh, x, y = setup.mesh, split.x, split.y
-    jit = partial(jax.jit, donate_argnums=(0, 1))
-    if mesh is not None:  # data parallel: batch rows split along `data`, all else replicated
-        x, y, dropout_key = distributed.replicate(mesh, (x, y, dropout_key))
-        local_order = order_fn
-        order_fn = lambda e: distributed.shard_batch(mesh, local_order(e))  # noqa: E731
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        batch = distributed.batch_sharding(mesh, 3 if batched else 2)
-        jit = partial(jit, in_shardings=(rep, rep, rep, rep, batch, batch, rep)
-                      + ((rep,) if setup.loop == "step" else ()), out_shardings=rep)
+    mesh = setup.mesh
+    jit, (x, y, dropout_key), order_fn = placed(setup, (split.x, split.y, dropout_key), order_fn)
     idx0, w0 = order_fn(0)
     key0 = jax.random.key(0)
     state0 = jax.eval_shape(lambda: init_states(setup, jax.random.split(key0, setup.copies)

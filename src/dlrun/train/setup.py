@@ -125,7 +125,8 @@ def build_setup(cfg: DictConfig) -> Setup:
         tc = dataclasses.replace(tc, batch_size=ds.sizes()[0], drop_last=False)
     data_splits.check_batch_size(ds, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
-    model = build("model", models.MODELS, cfg.model, num_classes=ds.num_classes, dropout=reg.dropout)
+    model = build("model", models.MODELS, cfg.model, num_classes=ds.num_classes, dropout=reg.dropout,
+                  input_shape=ds.image_shape)
     full_batch = cfg.optim.name in optim.FULL_BATCH
     if full_batch:
         tc = full_batch_train(cfg, tc, model, reg, ds.sizes()[0])

@@ -34,7 +34,7 @@ from dlrun.train.knn import fit_knn
 from dlrun.train.loop import run_training
 from dlrun.train.pretrain import pretrain
 from dlrun.train.setup import Setup, attach_runtime, build_setup
-from dlrun.train.start import agree_start, fresh_start, restore
+from dlrun.train.start import Start, agree_start, fresh_start, restore
 
 log = logging.getLogger("dlrun")
 
@@ -121,18 +121,31 @@ def fit_transform(setup: Setup, splits: dict) -> Setup:
         setup.dataset.pca_dims))
 
 
+@dataclass
+class Run:
+    """What a trainer gets: the run's resolved config, directory, data and context, where it
+    starts (a restored Start, or None for a fresh one) and its open Checkpoints (or None)."""
+
+    config: dict
+    dir: Path
+    splits: dict
+    ctx: Context
+    start: Optional[Start] = None
+    checkpoints: Optional[Checkpoints] = None
+
+
 def in_run_dir(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, splits: dict,
                ctx: Context) -> dict:
-    """Lock the run directory, find where training starts, and run the trainer."""
+    """Lock the run directory, find where training starts, and run the model's trainer."""
     lock = RunLock(run_dir) if ctx.resume else None
-    checkpoints = start = None
+    run = Run(config, run_dir, splits, ctx)
     # a stack stopped while pretraining has no checkpoint of its own yet: it resumes its phases
     restoring = ctx.resume and (has_checkpoint(run_dir) or not setup.phases)
     try:
         if restoring:  # every check before anything is written or logged into the run
-            checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
-            start = restore(setup, config, run_dir, checkpoints)
-            if start is None:  # finished already
+            run.checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
+            run.start = restore(setup, config, run_dir, run.checkpoints)
+            if run.start is None:  # finished already
                 log.info("resume: %s already finished its %d epochs; nothing to do", run_dir,
                          setup.train.epochs)
                 return agree_start(setup, config, None, layout.read_summary(run_dir))[1]
@@ -144,21 +157,44 @@ def in_run_dir(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, split
             setup.transform.save(run_dir / layout.PREPROCESS)
             log.info("preprocess %s fitted on the training split: %d input dimensions",
                      setup.transform.name, setup.transform.dims)
-        if isinstance(setup.model, models.NearestNeighbours):
-            return fit_knn(setup, run_dir, splits, ctx.started_at, cfg.get("plots", True))
-        if start is None:
-            init_from = pretrain(setup, cfg, run_dir, splits, ctx) if setup.phases else ctx.init_from
-            checkpoints = Checkpoints(run_dir, setup.checkpoint.keep)
-            start = fresh_start(setup, init_from)
-        start, finished = agree_start(setup, config, start)
-        if finished is not None:  # (another process) process 0 found the run finished
-            return finished
-        loop = Loop(setup, config, run_dir, splits, start.progress, start.state, start.best_params,
-                    start.train_key, ctx.stop, setup.select_key(splits))
-        return run_training(loop, cfg, checkpoints, ctx.started_at, ctx.hint_dir or run_dir,
-                            ctx.peers_dir, start.acc)
+        return trainer_of(setup)(setup, cfg, run)
     finally:
-        if checkpoints is not None:
-            checkpoints.close()
+        if run.checkpoints is not None:
+            run.checkpoints.close()
         if lock is not None:
             lock.release()
+
+
+def trainer_of(setup: Setup) -> Callable[[Setup, DictConfig, Run], dict]:
+    """The trainer of the model: one call, (setup, cfg, run) -> summary, for all three."""
+    if isinstance(setup.model, models.NearestNeighbours):
+        return train_knn
+    return train_stack if setup.phases else train_gradient
+
+
+def train_knn(setup: Setup, cfg: DictConfig, run: Run) -> dict:
+    """knn: memorise the training split and classify the held-out splits (dlrun.train.knn)."""
+    return fit_knn(setup, run.dir, run.splits, run.ctx.started_at, cfg.get("plots", True))
+
+
+def train_stack(setup: Setup, cfg: DictConfig, run: Run) -> dict:
+    """sda, dbn: the greedy pretraining phases (dlrun.train.pretrain), then gradient training
+    of the whole stack from their layers (a resumed stack past its phases: from the checkpoint)."""
+    if run.start is None:
+        run.ctx = dataclasses.replace(run.ctx, init_from=pretrain(setup, cfg, run.dir, run.splits, run.ctx))
+    return train_gradient(setup, cfg, run)
+
+
+def train_gradient(setup: Setup, cfg: DictConfig, run: Run) -> dict:
+    """Epochs of the jitted step with the periodic actions (dlrun.train.loop), from the
+    restored start or a fresh one (with ctx.init_from's layers)."""
+    if run.start is None:
+        run.checkpoints = Checkpoints(run.dir, setup.checkpoint.keep)
+        run.start = fresh_start(setup, run.ctx.init_from)
+    start, finished = agree_start(setup, run.config, run.start)
+    if finished is not None:  # (another process) process 0 found the run finished
+        return finished
+    loop = Loop(setup, run.config, run.dir, run.splits, start.progress, start.state,
+                start.best_params, start.train_key, run.ctx.stop, setup.select_key(run.splits))
+    return run_training(loop, cfg, run.checkpoints, run.ctx.started_at, run.ctx.hint_dir or run.dir,
+                        run.ctx.peers_dir, start.acc)
