@@ -1,4 +1,4 @@
-"""`dlrun-eval` and `dlrun-predict` (dlrun.cli.inference) used as a user uses them: tiny runs
+"""`dlrun-eval` and `dlrun-predict` (dlrun.cli.eval, dlrun.cli.predict) used as a user uses them: tiny runs
 trained with the real `dlrun` command, then the two console scripts as subprocesses, their
 output parsed and the files they write read back."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import dlrun_env, run_dirs
 from dlrun.data import sources as datasets
-from dlrun.cli import inference
+from dlrun.cli import predict
 
 BIN = Path(sys.executable).parent
 TINY = ("dataset.train_subset=512", "plots=false")
@@ -174,21 +174,21 @@ def test_prepare_image_recovers_the_digit(test_split, tmp_path):
     x, _ = test_split
     for digit in x[:10]:
         big = np.asarray(Image.fromarray(digit).resize((56, 56), Image.BICUBIC))
-        back = inference.prepare_image(big)
+        back = predict.prepare_image(big)
         assert back.shape == (28, 28) and back.dtype == np.float32
         assert 0 <= back.min() and back.max() <= 1
         # the same digit, up to the one-pixel shift of centring by mass (measured: mean
         # absolute difference 0.017, at most 0.043, over 200 test digits)
         assert min(np.abs(np.roll(back, (a, b), (0, 1)) - digit / 255.0).mean()
                    for a in (-1, 0, 1) for b in (-1, 0, 1)) < 0.06
-        white = inference.prepare_image(255 - big)  # dark on light: inverted first
+        white = predict.prepare_image(255 - big)  # dark on light: inverted first
         assert np.abs(white - back).max() < 1e-5
     rgba = np.zeros((28, 28, 4), np.uint8)  # black ink on a transparent background
     rgba[..., 3] = x[0]
     Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
-    assert np.abs(inference.read_image(tmp_path / "ink.png") - x[0] / 255.0).max() <= 1.5 / 255
-    assert inference.label_text(9, "fashion_mnist") == "9 Ankle boot"
-    assert inference.label_text(9, "mnist") == "9"
+    assert np.abs(predict.read_image(tmp_path / "ink.png") - x[0] / 255.0).max() <= 1.5 / 255
+    assert predict.label_text(9, "fashion_mnist") == "9 Ankle boot"
+    assert predict.label_text(9, "mnist") == "9"
 
 
 # ---- other kinds of runs -------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_fashion_mnist_run_prints_class_names(work, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for line in proc.stdout.splitlines():
         label = int(LINE.match(line).group(2))
-        assert f"label {label} {inference.FASHION_CLASSES[label]} (p=" in line, line
+        assert f"label {label} {predict.FASHION_CLASSES[label]} (p=" in line, line
 
 
 # ---- refusals ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Using a finished run: `dlrun-eval RUN_DIR` and `dlrun-predict RUN_DIR IMAGES...`.
+"""Using a finished run: reading it and rebuilding its model, for `dlrun-eval RUN_DIR`
+(dlrun.cli.eval) and `dlrun-predict RUN_DIR IMAGES...` (dlrun.cli.predict).
 
 A run directory (see docs/guide.md, "What a run writes") holds everything needed to rebuild its model:
 run.json (the resolved config, the run format and the dlrun version), params.pkl (the final
@@ -31,19 +32,16 @@ is quick.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from dlrun.runs import layout
 from dlrun import __version__
-from dlrun.runs import ownership
 from dlrun.runs.checkpoints import FORMAT, read_run_info
-from dlrun.errors import ConfigError, DlrunError, FileError, one_line
+from dlrun.errors import ConfigError, FileError
 from dlrun.runs.atomic import load_arrays
 
 SIDE = 28
@@ -83,8 +81,8 @@ def load_run(run_dir: str | Path) -> FinishedRun:
                         f"outputs/<date>/<time>-<id>")
     copy_seed = None
     info_dir = run_dir
-    if not (run_dir / "run.json").exists() and run_dir.name.startswith("seed_") \
-            and (run_dir.parent / "run.json").exists():  # one copy of train.num_seeds > 1
+    if not (run_dir / layout.RUN_INFO).exists() and run_dir.name.startswith("seed_") \
+            and (run_dir.parent / layout.RUN_INFO).exists():  # one copy of train.num_seeds > 1
         info_dir, copy_seed = run_dir.parent, run_dir.name[len("seed_"):]
     info = read_run_info(info_dir)
     if info.get("format") != FORMAT:
@@ -105,7 +103,7 @@ def load_run(run_dir: str | Path) -> FinishedRun:
         except ValueError:
             raise FileError(f"{run_dir} is not a copy directory seed_<seed> of its run") from None
         config = {**config, "train": {**config["train"], "seed": seed, "num_seeds": 1, "lrs": []}}
-    if not (run_dir / "summary.json").is_file():
+    if not (run_dir / layout.SUMMARY).is_file():
         from dlrun.runs.checkpoints import is_locked
         if is_locked(info_dir):
             raise FileError(f"{run_dir} is incomplete: a dlrun process is training it right now; "
@@ -113,12 +111,12 @@ def load_run(run_dir: str | Path) -> FinishedRun:
         raise FileError(f"{run_dir} is incomplete: it has no summary.json (still training, or "
                         f"stopped before it finished); resume it with: dlrun resume="
                         f"{info_dir.resolve()}")
-    params = load_arrays(run_dir / "params.pkl")
+    params = load_arrays(run_dir / layout.PARAMS)
     transform = None
-    if (info_dir / "preprocess.npz").is_file() or \
+    if (info_dir / layout.PREPROCESS).is_file() or \
             config.get("dataset", {}).get("preprocess", "none") != "none":
         from dlrun.data.preprocess import Transform
-        transform = Transform.load(info_dir / "preprocess.npz")
+        transform = Transform.load(info_dir / layout.PREPROCESS)
     return FinishedRun(run_dir, config, params, transform)
 
 
@@ -192,261 +190,3 @@ class Model:
         x = np.asarray(images, np.float32)[..., None]
         return np.concatenate([np.asarray(fn(args, jnp.asarray(x[s:s + batch])))
                                for s in range(0, len(x), batch)] or [np.zeros((0, 10), np.float32)])
-
-
-# ---- dlrun-eval ----------------------------------------------------------------------------------
-def evaluate(model: Model, dataset: str, split: str) -> tuple[dict, Optional[np.ndarray], int]:
-    """(metrics, confusion matrix or None, number of images) of the run on a split."""
-    import dataclasses
-
-    from dlrun import train
-    from dlrun.runs import pictures as plots
-    from dlrun.data import splits as data_splits
-
-    spec = dataclasses.replace(model.setup.dataset, name=dataset)
-    loaded = data_splits.load_splits(spec, model.setup.train.eval_batch_size)
-    if split not in loaded:
-        raise FileError(f"the run has no {split} split (dataset.val_size=0); use --split test or "
-                        f"train")
-    data = loaded[split]
-    images = data_splits.host_images(data)
-    labels = np.asarray(data.y[:data.n])
-    if model.objective != "classify":
-        evaluator = train.make_evaluator(model.model, model.setup.train.eval_batch_size,
-                                         transform=model.setup.transform)
-        metrics = {k: float(v) for k, v in evaluator(model.variables, data).items()}
-        return metrics, None, data.n
-    if model.knn:
-        metrics = {}
-    else:
-        evaluator = train.make_evaluator(model.model, model.setup.train.eval_batch_size,
-                                         transform=model.setup.transform)
-        metrics = {k: float(v) for k, v in evaluator(model.variables, data).items()}
-    predicted = np.argmax(model.probabilities(images), -1)
-    matrix = plots.confusion(predicted, labels)
-    metrics.setdefault("error", float(np.mean(predicted != labels)))
-    metrics["accuracy"] = 1.0 - metrics["error"]
-    return metrics, matrix, data.n
-
-
-def format_metrics(metrics: dict) -> str:
-    parts = []
-    for key, value in metrics.items():
-        parts.append(f"{key} {100 * value:.2f}%" if key in ("error", "accuracy")
-                     else f"{key} {value:.4g}")
-    return "  ".join(parts)
-
-
-def eval_main(argv: Optional[list[str]] = None) -> None:
-    """`dlrun-eval RUN_DIR [--dataset D] [--split S] [--out DIR]`."""
-    parser = argparse.ArgumentParser(
-        prog="dlrun-eval", description="Evaluate a finished dlrun run's saved parameters on a "
-        "split of its dataset (or of another one); print the metrics and write eval.json and a "
-        "confusion matrix (classifiers).")
-    parser.add_argument("run_dir", help="a run directory (outputs/<date>/<time>-<id>, or its "
-                                        "seed_<seed>/ copy)")
-    parser.add_argument("--dataset", choices=DATASETS, help="default: the run's own")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="default: test")
-    parser.add_argument("--out", help="where to write (default RUN_DIR/eval/<dataset>-<split>)")
-    args = parser.parse_args(argv)
-    prog = parser.prog
-    try:
-        run = load_run(args.run_dir)
-        dataset = args.dataset or run.dataset
-        out = Path(args.out) if args.out else run.dir / "eval" / f"{dataset}-{args.split}"
-        ownership.check_replaceable(out, EVAL_OUTPUTS, "eval.json", is_eval_record, prog)
-        model = Model(run)
-        metrics, matrix, n = evaluate(model, dataset, args.split)
-    except DlrunError as exc:
-        parser.exit(2, f"{prog}: error: {exc}\n")
-    print(f"run {run.dir}: model {run.model_name}, trained on {run.dataset}")
-    print(f"{dataset} {args.split} ({n} images): {format_metrics(metrics)}")
-    try:
-        written = write_eval(out, run, dataset, args.split, n, metrics, matrix)
-    except FileError as exc:
-        parser.exit(2, f"{prog}: error: {exc}\n")
-    except OSError as exc:
-        parser.exit(2, f"{prog}: error: cannot write into {out} ({exc.strerror or exc})\n")
-    print(f"wrote {out}: {', '.join(written)}")
-
-
-EVAL_OUTPUTS = ("eval.json", "confusion_matrix.csv", "confusion_matrix.png")
-
-
-def is_eval_record(path: Path) -> bool:
-    """Whether `path` is an eval.json dlrun-eval wrote (so the files beside it are its too)."""
-    record = json.loads(path.read_text())
-    return isinstance(record, dict) and {"run_dir", "metrics", "dlrun"} <= record.keys()
-
-
-def write_eval(out: Path, run: FinishedRun, dataset: str, split: str, n: int, metrics: dict,
-               matrix: Optional[np.ndarray]) -> list[str]:
-    from dlrun.runs import pictures as plots
-    from dlrun.runs.atomic import atomic_write_json
-
-    record = {"run_dir": str(run.dir.resolve()), "model": run.model_name, "dataset": dataset,
-              "split": split, "images": n, "params": "params.pkl", "metrics": metrics,
-              "dlrun": __version__}
-    ownership.check_replaceable(out, EVAL_OUTPUTS, "eval.json", is_eval_record, "dlrun-eval")
-    written = []
-    if matrix is not None:
-        record["confusion_matrix"] = matrix.tolist()
-        plots.confusion_matrix(matrix, out / "confusion_matrix.png", out / "confusion_matrix.csv",
-                               title=f"{dataset} {split}")
-        written += ["confusion_matrix.csv", "confusion_matrix.png"]
-    atomic_write_json(out / "eval.json", record)
-    return ["eval.json"] + written
-
-
-# ---- dlrun-predict -------------------------------------------------------------------------------
-def prepare_image(gray: np.ndarray) -> np.ndarray:
-    """A grayscale image (H, W) uint8 -> (28, 28) float32 in [0, 1], white ink on black (see
-    the module docstring)."""
-    from PIL import Image
-
-    x = gray.astype(np.float32) / 255.0
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    if border.mean() > 0.5:  # a light background: dark ink on white paper
-        x = 1.0 - x
-    if x.shape == (SIDE, SIDE):
-        return x
-    ink = x > 0.25 * x.max() if x.max() > 0 else np.zeros(x.shape, bool)
-    if not ink.any():  # blank: just scale it down
-        return np.asarray(Image.fromarray(x, "F").resize((SIDE, SIDE), Image.LANCZOS)).clip(0, 1)
-    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-    box = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    h, w = box.shape
-    scale = BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL: (width, height)
-    patch = np.asarray(Image.fromarray(np.ascontiguousarray(box), "F")
-                       .resize(size, Image.LANCZOS), np.float32).clip(0, 1)
-    mass = patch.sum()
-    if mass > 0:
-        r, c = np.indices(patch.shape)
-        com = ((r * patch).sum() / mass, (c * patch).sum() / mass)
-    else:
-        com = ((patch.shape[0] - 1) / 2, (patch.shape[1] - 1) / 2)
-    top = int(np.clip(round((SIDE - 1) / 2 - com[0]), 0, SIDE - patch.shape[0]))
-    left = int(np.clip(round((SIDE - 1) / 2 - com[1]), 0, SIDE - patch.shape[1]))
-    out = np.zeros((SIDE, SIDE), np.float32)
-    out[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
-    return out
-
-
-def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)  # a phone photo: upright as it is shown
-            if "A" in img.getbands():  # transparent background: composite on white
-                base = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(base, img.convert("RGBA"))
-            gray = np.asarray(img.convert("L"))
-    except FileNotFoundError:
-        raise FileError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        why = one_line(exc)
-        raise FileError(f"cannot read {path} as an image ({why}); give PNG or JPEG files, or an "
-                        f".npy array of 28x28 images") from None
-    if min(gray.shape) < 2:
-        raise FileError(f"{path} is {gray.shape[1]}x{gray.shape[0]} pixels: too small for an image")
-    return prepare_image(gray)
-
-
-def read_npy(path: Path) -> np.ndarray:
-    """(N, 28, 28) float32 in [0, 1] from an .npy of shape (28, 28), (N, 28, 28), (N, 28, 28, 1)
-    or (N, 784), uint8 (or other integers) 0-255 or floats 0-1."""
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise FileError(f"cannot read {path} as a numpy array ({one_line(exc)}); give "
-                        f"a file written by numpy.save") from None
-    shape = x.shape
-    if shape == (SIDE, SIDE):
-        x = x[None]
-    elif x.ndim == 2 and shape[1] == SIDE * SIDE:
-        x = x.reshape(-1, SIDE, SIDE)
-    elif x.ndim == 4 and shape[1:] == (SIDE, SIDE, 1):
-        x = x[..., 0]
-    if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE) or len(x) == 0:
-        raise FileError(f"{path} holds an array of shape {shape}; give (28, 28), (N, 28, 28) or "
-                        f"(N, 784) images")
-    if x.dtype.kind in "iu":
-        if x.min() < 0 or x.max() > 255:
-            raise FileError(f"{path}: integer pixels must be in 0-255 (found {x.min()}..{x.max()})")
-        return x.astype(np.float32) / 255.0
-    if x.dtype.kind == "b":
-        return x.astype(np.float32)
-    if x.dtype.kind != "f":
-        raise FileError(f"{path} holds {x.dtype} values; give uint8 0-255 or floats 0-1")
-    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-        raise FileError(f"{path}: float pixels must be finite and in [0, 1] (found "
-                        f"{np.nanmin(x):.4g}..{np.nanmax(x):.4g}); give uint8 0-255 or floats 0-1")
-    return x.astype(np.float32)
-
-
-def read_inputs(paths: list[str]) -> tuple[list[str], np.ndarray]:
-    """(names, images (N, 28, 28) float32): one name per image, `path` or `path[i]` for .npy."""
-    names, images = [], []
-    for text in paths:
-        path = Path(text)
-        if path.is_dir():
-            raise FileError(f"{path} is a directory; give image files or .npy arrays")
-        if path.suffix.lower() == ".npy":
-            x = read_npy(path)
-            names += [f"{text}[{i}]" for i in range(len(x))]
-            images.append(x)
-        else:
-            names.append(text)
-            images.append(read_image(path)[None])
-    return names, np.concatenate(images)
-
-
-def label_text(label: int, dataset: str) -> str:
-    return f"{label} {FASHION_CLASSES[label]}" if dataset == "fashion_mnist" else str(label)
-
-
-def predict_main(argv: Optional[list[str]] = None) -> None:
-    """`dlrun-predict RUN_DIR IMAGES... [--top K]`."""
-    parser = argparse.ArgumentParser(
-        prog="dlrun-predict", description="Classify image files (PNG, JPEG; any size, converted "
-        "to 28x28 grayscale like the training data) or .npy arrays of 28x28 images with a "
-        "finished dlrun run; prints one line per image: its label and probability.")
-    parser.add_argument("run_dir", help="a run directory (or its seed_<seed>/ copy)")
-    parser.add_argument("images", nargs="+", help="image files, or .npy arrays of shape (28, 28), "
-                                                  "(N, 28, 28) or (N, 784)")
-    parser.add_argument("--top", type=int, default=1, metavar="K",
-                        help="also print the K most probable labels (default 1: just the label)")
-    args = parser.parse_args(argv)
-    prog = parser.prog
-    if not 1 <= args.top <= 10:
-        parser.exit(2, f"{prog}: error: --top must be in 1..10 (got {args.top})\n")
-    try:
-        run = load_run(args.run_dir)
-        if run.config["model"]["name"] in ("autoencoder", "rbm"):
-            raise FileError(f"{run.dir} is a model={run.model_name} run: it learnt no labels, so "
-                            f"there is nothing to predict; `dlrun-eval {run.dir}` reports its "
-                            f"reconstruction metrics")
-        names, images = read_inputs(args.images)
-        model = Model(run)
-        if model.objective != "classify":
-            raise FileError(f"{run.dir} is a model={run.model_name} run: it learnt no labels, so "
-                            f"there is nothing to predict")
-        probs = model.probabilities(images)
-    except DlrunError as exc:
-        parser.exit(2, f"{prog}: error: {exc}\n")
-    for name, p in zip(names, probs):
-        order = np.argsort(-p, kind="stable")
-        line = f"{name}: label {label_text(int(order[0]), run.dataset)} (p={p[order[0]]:.2f})"
-        if args.top > 1:
-            line += "  top " + ", ".join(f"{label_text(int(k), run.dataset)} {p[k]:.2f}"
-                                         for k in order[:args.top])
-        print(line)
-
-
-if __name__ == "__main__":  # python -m dlrun.cli.inference eval|predict ...
-    {"eval": eval_main, "predict": predict_main}[sys.argv[1]](sys.argv[2:])

@@ -29,6 +29,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from dlrun.runs import layout
 from dlrun import __version__  # noqa: E402
 from dlrun.cli.messages import one_line, os_error_line  # noqa: E402
 from dlrun.runs import ownership  # noqa: E402
@@ -109,7 +110,7 @@ def run_job(cfg: DictConfig, hc, workdir: Path, multirun: bool, started_at: floa
             on_start=lambda: log.info("run dir: %s", run_dir.resolve()),
             peers_dir=workdir.parent if multirun else None))
     except Interrupted as exc:
-        if not distributed.is_primary() and not (workdir / "run.json").exists():
+        if not distributed.is_primary() and not (workdir / layout.RUN_INFO).exists():
             discard_run_dir(workdir, multirun)  # process 0 holds the run and its checkpoint
         log_to_file(str(exc))  # the stop line the terminal gets, in the run's dlrun.log too
         raise
@@ -119,7 +120,7 @@ def run_job(cfg: DictConfig, hc, workdir: Path, multirun: bool, started_at: floa
         held.drop()
         return job_failed(exc, hc, workdir, multirun)
     if not distributed.is_primary():  # process 0 wrote the run; Hydra's directory of ours goes
-        if not (workdir / "run.json").exists():  # (unless it is process 0's too: submitit)
+        if not (workdir / layout.RUN_INFO).exists():  # (unless it is process 0's too: submitit)
             discard_run_dir(workdir, multirun)
     else:
         log.info("run dir: %s", run_dir.resolve())
@@ -138,11 +139,11 @@ def job_failed(exc: BaseException, hc, workdir: Path, multirun: bool) -> None:
     message = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
     if distributed.is_primary():
         keep = getattr(exc, "keep_run_dir", False) or (
-            ownership.created(workdir / "run.json", by_this_job=True) and has_checkpoint(workdir))
+            ownership.created(workdir / layout.RUN_INFO, by_this_job=True) and has_checkpoint(workdir))
         if keep:
             log_to_file(f"dlrun: error: {message}")
         discard_run_dir(workdir, multirun, keep=keep)
-    elif not (workdir / "run.json").exists():  # another process: its own Hydra directory
+    elif not (workdir / layout.RUN_INFO).exists():  # another process: its own Hydra directory
         discard_run_dir(workdir, multirun)
     if os.environ.get("DLRUN_DEBUG") == "1":
         raise exc

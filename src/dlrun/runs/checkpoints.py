@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from dlrun.runs import layout
 from dlrun.errors import ConfigError, FileError, one_line
 from dlrun.runs.atomic import atomic_write_json
 from dlrun.config.identity import config_hash
@@ -59,12 +60,12 @@ class CheckpointConfig:
 
 # ---- run.json and the run lock --------------------------------------------------------------
 def write_run_info(run_dir: Path, config: dict, version: str) -> None:
-    atomic_write_json(run_dir / "run.json", {"format": FORMAT, "dlrun": version,
+    atomic_write_json(run_dir / layout.RUN_INFO, {"format": FORMAT, "dlrun": version,
                                              "config": config, "config_hash": config_hash(config)})
 
 
 def read_run_info(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
+    path = run_dir / layout.RUN_INFO
     try:
         info = json.loads(path.read_text())
         if not isinstance(info.get("config"), dict):
@@ -82,7 +83,7 @@ class RunLock:
     when the process ends, however it ends), so two processes never resume the same run."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "run.json"
+        self.path = run_dir / layout.RUN_INFO
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,7 +101,7 @@ class RunLock:
 def is_locked(run_dir: Path) -> bool:
     """Whether a dlrun process is training in run_dir now (it holds the run's RunLock)."""
     try:
-        fd = os.open(run_dir / "run.json", os.O_RDONLY)
+        fd = os.open(run_dir / layout.RUN_INFO, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -114,7 +115,7 @@ def is_locked(run_dir: Path) -> bool:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / layout.CHECKPOINTS
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 
 
@@ -123,14 +124,14 @@ def find_resumable(root: Path, config: dict) -> Optional[Path]:
     checkpoint, or None."""
     want = config_hash(config)
     found = []
-    for info_path in root.rglob("run.json") if root.is_dir() else []:
+    for info_path in root.rglob(layout.RUN_INFO) if root.is_dir() else []:
         run_dir = info_path.parent
         try:
             same = json.loads(info_path.read_text()).get("config_hash") == want
         except (OSError, ValueError):
             continue  # a damaged run is not a candidate; resume=PATH reports why
         if same and has_checkpoint(run_dir):
-            found.append(((run_dir / "checkpoints").stat().st_mtime, str(run_dir)))
+            found.append(((run_dir / layout.CHECKPOINTS).stat().st_mtime, str(run_dir)))
     return Path(max(found)[1]) if found else None
 
 
@@ -186,7 +187,7 @@ class Checkpoints:
     than before its first step."""
 
     def __init__(self, run_dir: Path, keep: int = 2):
-        self.dir = (run_dir / "checkpoints").resolve()
+        self.dir = (run_dir / layout.CHECKPOINTS).resolve()
         self.keep = keep
         self._manager = None
 

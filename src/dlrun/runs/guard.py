@@ -20,12 +20,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dlrun.runs import layout
 from dlrun.errors import ConfigError
 from dlrun.runs.ownership import (HYDRA_SUBDIR, PREEXISTING_VAR, absolute, begin_job, created,
                              current_job, expect_dirs, expect_hydra_outputs, note,
                              note_sweep_start)
 
-RUN_MARKERS = ("run.json", "summary.json", "checkpoints", "metrics.jsonl")  # a dlrun run's files
+RUN_MARKERS = (layout.RUN_INFO, layout.SUMMARY, layout.CHECKPOINTS, layout.METRICS)  # a dlrun run's files
 
 
 def foreign_entries(path: Path) -> list[Path]:
@@ -43,7 +44,7 @@ def contents(path: Path, limit: int = 4) -> str:
 def holds_runs(sweep_dir: Path) -> bool:
     """Whether any job of a sweep started a run: a run.json in a job directory (a resumed
     sweep's links to earlier jobs included), at any depth of hydra.sweep.subdir."""
-    return any(sweep_dir.glob("*/run.json")) or any(sweep_dir.rglob("run.json"))
+    return any(sweep_dir.glob("*/run.json")) or any(sweep_dir.rglob(layout.RUN_INFO))
 
 
 def holds_run(path: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrun.runs import layout
 from dlrun.runs import ownership
 from dlrun.runs.atomic import atomic_write_json, atomic_write_pickle, atomic_write_text
 
@@ -38,7 +39,7 @@ def jsonable(value):
 class RunWriter:
     def __init__(self, workdir: str | os.PathLike):
         self.dir = ownership.mkdirs(workdir)
-        self.metrics_path = self.dir / "metrics.jsonl"
+        self.metrics_path = self.dir / layout.METRICS
         self.lines: list[str] = []
 
     def append_metrics(self, record: dict) -> None:
@@ -54,4 +55,4 @@ class RunWriter:
         return atomic_write_pickle(self.dir / name, to_numpy_tree(params))
 
     def save_summary(self, summary: dict) -> Path:
-        return atomic_write_json(self.dir / "summary.json", jsonable(summary))
+        return atomic_write_json(self.dir / layout.SUMMARY, jsonable(summary))

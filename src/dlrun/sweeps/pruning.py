@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dlrun.runs import layout
 from dlrun.config.registry import require
 
 
@@ -65,10 +66,10 @@ def finished_trials(sweep_dir: Path, own_dir: Path, key: str) -> list[dict]:
         if not job.is_dir() or job.resolve() == own:
             continue
         try:
-            summary = json.loads((job / "summary.json").read_text())
+            summary = json.loads((job / layout.SUMMARY).read_text())
             if summary.get("pruned"):
                 continue
-            records = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+            records = [json.loads(line) for line in (job / layout.METRICS).read_text().splitlines()]
         except (OSError, ValueError):
             continue  # running, failed or foreign: not a finished trial
         trials.append({r["epoch"]: r[key] for r in records

@@ -106,7 +106,7 @@ def read_json(path: Path) -> Optional[dict]:
 
 def read_history(run_dir: Path) -> list[dict]:
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = (run_dir / layout.METRICS).read_text().splitlines()
     except OSError:
         return []
     records = []
@@ -127,7 +127,7 @@ def status_of(summary: Optional[dict], running: bool) -> str:
 
 def read_run(run_dir: Path) -> list[SweepRun]:
     """The run in run_dir (with run.json), or its copies when it trained several."""
-    info = read_json(run_dir / "run.json")
+    info = read_json(run_dir / layout.RUN_INFO)
     if info is None or not isinstance(info.get("config"), dict):
         return []
     config = info["config"]
@@ -161,7 +161,7 @@ def find_runs(root: Path) -> list[SweepRun]:
         if real in seen:
             return
         seen.add(real)
-        if (path / "run.json").is_file():
+        if (path / layout.RUN_INFO).is_file():
             runs.extend(read_run(path))
             return
         for child in sorted(path.iterdir(), key=job_order):
