@@ -20,6 +20,16 @@ RUN_DIR_RE = re.compile(r"^run dir: (.+)$", re.MULTILINE)
 
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow set (`-m slow`: `make test-all`, .ci/run) is every test that runs dlrun's
+    commands as subprocesses (the `dlrun`/`dlrun_popen` fixtures, or a module's `pytestmark`),
+    except those marked `smoke`: the few that `make test` keeps to try the real command."""
+    for item in items:
+        cli = {"dlrun", "dlrun_popen"} & set(item.fixturenames)
+        if cli and not item.get_closest_marker("smoke") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_dlrun_cache(tmp_path_factory, monkeypatch) -> None:
     """In-process runs keep datasets and compiled programs in one cache per test session,

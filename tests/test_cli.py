@@ -79,6 +79,7 @@ LOAD_PARAMS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.smoke
 def test_default_run_writes_complete_run_dir(dlrun, tmp_path):
     proc = dlrun("train.epochs=2", "dataset.train_subset=512")
     run_dir = only_run_dir(proc, tmp_path)
@@ -194,6 +195,7 @@ def test_issue_commands(dlrun, tmp_path, args, check):
 # ------------------------------------------------------------------------ --help and --cfg
 
 
+@pytest.mark.smoke
 def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
     proc = dlrun("--help")
     assert proc.returncode == 0, describe(proc)
@@ -277,11 +279,13 @@ BAD_INPUTS = [
     ("data-dir-for-the-shipped-sample", ["dataset.data_dir={empty}"],
      ["data_dir does not apply to mnist_sample", "dataset=mnist dataset.data_dir=DIR"]),
 ]
+SMOKE = ("unknown-model", "lr-not-a-number", "misspelt-key", "data-dir-for-the-shipped-sample")  # in make test
 LR_INF = pytest.param(["optim.lr=inf", *TINY], ["optim.lr", "finite"], id="lr-infinite")
 
 
 @pytest.mark.parametrize("args, expected",
-                         [pytest.param(a, e, id=i) for i, a, e in BAD_INPUTS] + [LR_INF])
+                         [pytest.param(a, e, id=i, marks=[pytest.mark.smoke] if i in SMOKE else [])
+                          for i, a, e in BAD_INPUTS] + [LR_INF])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(dlrun, tmp_path, args, expected):
     dirs = {}
     if any("{empty}" in a for a in args):
@@ -316,6 +320,7 @@ def test_sweep_whose_jobs_all_fail_leaves_nothing(dlrun, tmp_path):
     assert files_under(tmp_path / "outputs") == []
 
 
+@pytest.mark.smoke
 def test_version(dlrun):
     proc = dlrun("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("dlrun 0."), describe(proc)
@@ -451,6 +456,7 @@ def build_wheel(src: Path, dest: Path) -> tuple[Path, str]:
     pytest.fail("could not build a wheel:\n" + "\n\n".join(tried))
 
 
+@pytest.mark.slow  # builds a wheel (pip, seconds to minutes)
 def test_wheel_ships_configs_and_sample(tmp_path):
     # Build from a copy: building in place would write build/ and *.egg-info into the repo.
     src = tmp_path / "src_copy"

@@ -18,6 +18,7 @@ from conftest import dlrun_env, run_dirs
 from dlrun.data import sources as datasets
 from dlrun.cli import predict
 
+pytestmark = pytest.mark.slow  # dlrun, dlrun-eval and dlrun-predict as subprocesses
 BIN = Path(sys.executable).parent
 TINY = ("dataset.train_subset=512", "plots=false")
 LINE = re.compile(r"^(.+): label (\d)(?: [^(]+)? \(p=([\d.]+)\)(?:  top (.+))?$")
