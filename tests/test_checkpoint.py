@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dlrun import train
+from dlrun.config import identity
 from dlrun.runs import checkpoints as checkpoint
 from dlrun.errors import ConfigError, FileError, Interrupted
 from dlrun.runs.atomic import load_arrays
@@ -46,7 +47,7 @@ def metrics(run_dir):
 
 def assert_same_params(a, b):
     la, lb = load_arrays(a), load_arrays(b)
-    flat_a, flat_b = checkpoint.flatten(la), checkpoint.flatten(lb)
+    flat_a, flat_b = identity.flatten(la), identity.flatten(lb)
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
         assert flat_a[key].tobytes() == flat_b[key].tobytes(), key  # bitwise
@@ -137,7 +138,7 @@ def test_checkpoints_kept_are_the_newest_and_the_best(tmp_path):
     assert steps == sorted({best["step"], 15, 16}), (steps, best)
     meta = json.loads((tmp_path / "checkpoints" / "16" / "meta" / "metadata").read_text())
     assert meta["epoch"] == 4 and meta["step_in_epoch"] == 0 and meta["step"] == 16
-    assert meta["config_hash"] == checkpoint.config_hash(meta["config"])
+    assert meta["config_hash"] == identity.config_hash(meta["config"])
     assert [r["epoch"] for r in meta["history"][0]] == [1, 2, 3, 4]
     assert meta["best"][0]["epoch"] == best["epoch"]
 
@@ -188,12 +189,12 @@ def test_config_hash_ignores_only_the_run_length_and_neutral_keys():
     def cfg(*overrides):
         return OmegaConf.to_container(compose(*overrides), resolve=True)
 
-    base = checkpoint.config_hash(cfg())
-    assert checkpoint.config_hash(cfg("train.epochs=99", "checkpoint.keep=5",
+    base = identity.config_hash(cfg())
+    assert identity.config_hash(cfg("train.epochs=99", "checkpoint.keep=5",
                                       "train.compile_cache=false")) == base
     for change in ("optim.lr=0.5", "train.seed=1", "model=cnn", "train.batch_size=64",
                    "dataset.train_subset=100"):
-        assert checkpoint.config_hash(cfg(change)) != base, change
+        assert identity.config_hash(cfg(change)) != base, change
 
 
 def test_host_copy_does_not_alias_device_buffers():

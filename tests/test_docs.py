@@ -70,3 +70,25 @@ def test_relative_links_point_at_existing_files(path):
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             missing.append(target)  # a section that is not (or no longer) there
     assert not missing, f"{path.relative_to(ROOT)}: links to missing files or sections: {missing}"
+
+
+def readme_commands() -> list[list[str]]:
+    """The overrides of every single-run `dlrun ...` line in the README's code blocks."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    commands = []
+    for line in "\n".join(blocks).splitlines():
+        words = line.split("#")[0].split()
+        if words and words[0].endswith("/dlrun") and not {"-m", "--help", "--cfg"} & set(words[1:]):
+            commands.append(words[1:])
+    return commands
+
+
+def test_the_readmes_commands_compose():
+    """Every `dlrun` command the README shows composes into a valid config (Hydra's compose
+    API, then dlrun's own validation), so the front page never shows a command that fails."""
+    from _config import compose
+    from dlrun.train import build_setup
+    commands = readme_commands()
+    assert len(commands) >= 4, commands
+    for overrides in commands:
+        build_setup(compose(*overrides))

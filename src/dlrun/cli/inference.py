@@ -169,7 +169,7 @@ class Model:
         return x if self.setup.transform is None else self.setup.transform(x)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) float32 in [0, 1] -> (N, 10) class probabilities (knn: neighbour votes)."""
+        """(N, 28, 28) float32 in [0, 1] -> (N, classes) class probabilities (knn: neighbour votes)."""
         import jax
         import jax.numpy as jnp
 
@@ -181,7 +181,7 @@ class Model:
             memory_y = jnp.asarray(self.run.params["train_y"])
             # arguments, not constants: a memorised MNIST (188 MB) must not be compiled in
             fn = jax.jit(lambda args, q: jax.nn.one_hot(self.model.predict(
-                *args, self._features(q).reshape(q.shape[0], -1)), 10))
+                *args, self._features(q).reshape(q.shape[0], -1)), self.setup.dataset.num_classes))
             args = (memory_x, memory_y)
         else:
             fn = jax.jit(lambda variables, q: jax.nn.softmax(self.model.apply(
@@ -189,4 +189,4 @@ class Model:
             args = self.variables
         x = np.asarray(images, np.float32)[..., None]
         return np.concatenate([np.asarray(fn(args, jnp.asarray(x[s:s + batch])))
-                               for s in range(0, len(x), batch)] or [np.zeros((0, 10), np.float32)])
+                               for s in range(0, len(x), batch)] or [np.zeros((0, self.setup.dataset.num_classes), np.float32)])

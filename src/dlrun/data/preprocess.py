@@ -35,7 +35,7 @@ from dlrun.runs.atomic import atomic_write_bytes
 
 PREPROCESS = ("none", "standardize", "pca", "zca")
 AUGMENT = ("shift", "scale", "elastic")
-SIDE = 28
+SIDE = 28  # augmentation works on MNIST-shaped 28x28 single-channel images
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,17 @@ class Transform:
     """A fitted preprocessing transform: x' = (x - mean) @ matrix, or (x - mean) / scale."""
 
     name: str
-    mean: np.ndarray                      # (784,)
-    matrix: Optional[np.ndarray] = None   # (784, d) for pca and zca
-    scale: Optional[np.ndarray] = None    # (784,) for standardize
+    mean: np.ndarray                      # (P,): P = H*W*C pixels
+    matrix: Optional[np.ndarray] = None   # (P, d) for pca and zca
+    scale: Optional[np.ndarray] = None    # (P,) for standardize
 
     @property
     def dims(self) -> int:
-        return SIDE * SIDE if self.matrix is None else self.matrix.shape[1]
+        return self.mean.size if self.matrix is None else self.matrix.shape[1]
 
     @property
     def image_shaped(self) -> bool:
-        return self.dims == SIDE * SIDE
+        return self.dims == self.mean.size
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, 28, 28, 1) pixels in [0, 1] -> (B, 28, 28, 1) when it keeps 784 dims, else (B, d)."""
