@@ -5,5 +5,10 @@ from omegaconf import DictConfig
 
 
 def compose(*overrides: str) -> DictConfig:
+    """The config of `dlrun *overrides`, with plots=false unless `plots` is given: in-process
+    tests do not draw pictures (1-2 s a run; tests/test_plots.py draws them)."""
+    overrides = list(overrides)
+    if not any(o.lstrip("+~").startswith("plots=") for o in overrides):
+        overrides.append("plots=false")
     with initialize_config_module("dlrun.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose("config", overrides=overrides)

@@ -74,7 +74,8 @@ CASES = {  # overrides, polls before the stop, where it must land
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c in ("mlp-scan-epoch-end", "mlp-2-copies-step")
+                                               else [pytest.mark.slow]) for c in CASES])
 def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(case, tmp_path):
     overrides, polls, where = CASES[case]
     cfg = compose(*overrides)

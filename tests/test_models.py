@@ -19,7 +19,8 @@ def make(name, dropout=None, **kw):
 CLASSIFIERS = sorted(n for n in models.MODELS if n not in ("autoencoder", "rbm", "knn"))
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in ("lenet", "dbn", "sda") else [])
+                                  for n in CLASSIFIERS])
 def test_logits_shape_and_plain_param_dict(name):
     model = make(name)
     params = model.init(jax.random.key(0), X)["params"]

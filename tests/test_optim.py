@@ -25,8 +25,15 @@ def batch_loss(setup, params):
     return float(optax.softmax_cross_entropy_with_integer_labels(logits, YB).mean())
 
 
-@pytest.mark.parametrize("model,opt", list(itertools.product(["logreg", "mlp", "cnn"],
-                                                             sorted(optim.OPTIMIZERS))))
+def model_optimizer_grid():
+    """Every model x optimizer; the convnet's and the full-batch methods' beyond logreg compile
+    for long: the slow set (make test-all, .ci/run)."""
+    for model, opt in itertools.product(["logreg", "mlp", "cnn"], sorted(optim.OPTIMIZERS)):
+        heavy = model == "cnn" or (model != "logreg" and opt in optim.FULL_BATCH)
+        yield pytest.param(model, opt, marks=[pytest.mark.slow] if heavy else [])
+
+
+@pytest.mark.parametrize("model,opt", list(model_optimizer_grid()))
 def test_every_model_and_optimizer_reduces_loss_on_a_fixed_batch(model, opt):
     setup = train.build_setup(compose(f"model={model}", f"optim={opt}", "train.batch_size=64"))
     state = train.init_state(setup, jax.random.key(0))

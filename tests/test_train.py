@@ -17,7 +17,8 @@ from _config import compose
 PRESETS = ["radford_logreg", "radford_net", "radford_modern_net", "radford_convnet"]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=[pytest.mark.slow] if p in ("radford_convnet", "radford_modern_net") else [])
+                                    for p in PRESETS])
 def test_radford_presets_build_and_run_one_epoch(preset, tmp_path):
     cfg = compose(f"+experiment={preset}", "train.epochs=1")
     setup = train.build_setup(cfg)
@@ -30,7 +31,7 @@ def test_radford_presets_build_and_run_one_epoch(preset, tmp_path):
     assert final["test_error"] < 0.9  # one epoch on 3,968 digits beats chance (0.9)
 
 
-@pytest.mark.parametrize("model", ["cnn", "mlp"])
+@pytest.mark.parametrize("model", [pytest.param("cnn", marks=pytest.mark.slow), "mlp"])
 def test_default_models_learn_with_rmsprop(model, tmp_path):
     """`dlrun model=cnn optim=rmsprop` (README) must learn, not sit at chance (it once did)."""
     cfg = compose(f"model={model}", "optim=rmsprop", "train.epochs=2", "dataset.train_subset=1500")
@@ -122,7 +123,7 @@ def test_loop_auto_picks_step_for_convnets_and_scan_for_dense():
     assert train.build_setup(compose("model=cnn", "train.loop=scan")).loop == "scan"
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) for m in ("mlp", "cnn")])
 def test_num_seeds_copies_equal_single_runs_with_those_seeds_and_lrs(model, tmp_path):
     """train.num_seeds=N (one vmapped program) writes per copy what a run with that seed and
     learning rate writes on its own: same metrics and parameters up to float rounding."""

@@ -57,7 +57,7 @@ def rbm_setup(*overrides):
                                      "train.batch_size=20", "dataset.train_subset=1000", *overrides))
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("persistent", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_contrastive_divergence_lowers_reconstruction_error(persistent):
     """CD-1 and PCD-5 (20 chains), 2 epochs on 1,000 sample digits: the validation
     reconstruction error falls to well under half of the untrained RBM's (measured: CD-1
