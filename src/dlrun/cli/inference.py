@@ -44,12 +44,9 @@ from dlrun.runs.checkpoints import FORMAT, read_run_info
 from dlrun.errors import ConfigError, FileError
 from dlrun.runs.atomic import load_arrays
 
-SIDE = 28
 BOX = 20  # MNIST's digits fit in a 20x20 box, centred by mass in 28x28
-DATASETS = ("mnist_sample", "mnist", "fashion_mnist")
 SPLITS = ("test", "val", "train")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
+PARAMS = ("final", "best", "checkpoint")  # --params: params.pkl, best_params.pkl, newest checkpoint
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
@@ -58,8 +55,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class FinishedRun:
     dir: Path
     config: dict  # the resolved config, as one copy trains it (train.num_seeds = 1)
-    params: dict  # params.pkl
+    params: Optional[dict]  # params.pkl or best_params.pkl; None: the newest checkpoint's
+    data: "DataInfo"  # the dataset's description (input shape, classes) from run.json
     transform: Optional[object] = None  # dlrun.data.preprocess.Transform (preprocess.npz), if any
+    which: str = "final"  # PARAMS
 
     @property
     def model_name(self) -> str:
@@ -70,15 +69,43 @@ class FinishedRun:
         return str(self.config["dataset"]["name"])
 
 
-def load_run(run_dir: str | Path) -> FinishedRun:
-    """Check that `run_dir` is a complete run this dlrun can read, and read it (JAX is imported
-    only for a run with preprocess.npz)."""
+def load_run(run_dir: str | Path, which: str = "final") -> FinishedRun:
+    """Check that `run_dir` is a run this dlrun can read, and read it (JAX is imported only for
+    a run with preprocess.npz). which: final (params.pkl of a finished run), best
+    (best_params.pkl, written after every improving epoch) or checkpoint (the newest
+    checkpoint, read by Model; for a run that stopped early)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileError(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise FileError(f"{run_dir} is not a directory; give a run directory, e.g. "
                         f"outputs/<date>/<time>-<id>")
+    info_dir, config, info = run_info(run_dir)
+    if which == "final" and not (run_dir / layout.SUMMARY).is_file():
+        from dlrun.runs.checkpoints import is_locked
+        if is_locked(info_dir):
+            raise FileError(f"{run_dir} is incomplete: a dlrun process is training it right now; "
+                            f"wait for it to finish (or use --params best or checkpoint)")
+        raise FileError(f"{run_dir} is incomplete: it has no summary.json (still training, or "
+                        f"stopped before it finished); resume it with: dlrun resume="
+                        f"{info_dir.resolve()}, or use --params best or checkpoint")
+    params = None
+    if which != "checkpoint":
+        name = layout.PARAMS if which == "final" else layout.BEST_PARAMS
+        if which == "best" and not (run_dir / name).is_file():
+            raise FileError(f"{run_dir} has no {name} yet (no epoch evaluated); use --params "
+                            f"checkpoint")
+        params = load_arrays(run_dir / name)
+    transform = None
+    if (info_dir / layout.PREPROCESS).is_file() or \
+            config.get("dataset", {}).get("preprocess", "none") != "none":
+        from dlrun.data.preprocess import Transform
+        transform = Transform.load(info_dir / layout.PREPROCESS)
+    return FinishedRun(run_dir, config, params, data_info(info, config, run_dir), transform, which)
+
+
+def run_info(run_dir: Path) -> tuple[Path, dict, dict]:
+    """(the directory holding run.json, the config of this run or copy, run.json)."""
     copy_seed = None
     info_dir = run_dir
     if not (run_dir / layout.RUN_INFO).exists() and run_dir.name.startswith("seed_") \
@@ -103,21 +130,18 @@ def load_run(run_dir: str | Path) -> FinishedRun:
         except ValueError:
             raise FileError(f"{run_dir} is not a copy directory seed_<seed> of its run") from None
         config = {**config, "train": {**config["train"], "seed": seed, "num_seeds": 1, "lrs": []}}
-    if not (run_dir / layout.SUMMARY).is_file():
-        from dlrun.runs.checkpoints import is_locked
-        if is_locked(info_dir):
-            raise FileError(f"{run_dir} is incomplete: a dlrun process is training it right now; "
-                            f"wait for it to finish")
-        raise FileError(f"{run_dir} is incomplete: it has no summary.json (still training, or "
-                        f"stopped before it finished); resume it with: dlrun resume="
-                        f"{info_dir.resolve()}")
-    params = load_arrays(run_dir / layout.PARAMS)
-    transform = None
-    if (info_dir / layout.PREPROCESS).is_file() or \
-            config.get("dataset", {}).get("preprocess", "none") != "none":
-        from dlrun.data.preprocess import Transform
-        transform = Transform.load(info_dir / layout.PREPROCESS)
-    return FinishedRun(run_dir, config, params, transform)
+    return info_dir, config, info
+
+
+def data_info(info: dict, config: dict, run_dir: Path):
+    """The dataset description run.json keeps (input shape, classes): the model is rebuilt
+    without reading the training data."""
+    from dlrun.data.arrays import DataInfo
+    try:
+        return DataInfo.from_dict(info["data"])
+    except (KeyError, TypeError, ValueError):
+        raise FileError(f"{run_dir / layout.RUN_INFO} has no readable dataset description "
+                        f"('data'); it is damaged or from another dlrun version") from None
 
 
 class Model:
@@ -133,7 +157,7 @@ class Model:
 
         self.run = run
         try:  # build_setup is pure: no process is joined, no mesh built, no logger imported
-            setup = train.build_setup(OmegaConf.create(run.config))
+            setup = train.build_setup(OmegaConf.create(run.config), data=run.data)
         except ConfigError as exc:
             raise FileError(f"cannot rebuild the model of {run.dir} from its run.json ({exc}); "
                             f"it is damaged or from another dlrun version") from None
@@ -142,11 +166,11 @@ class Model:
             from dlrun.data import sources as datasets
             from dlrun.runtime.compile_cache import enable_compile_cache
             enable_compile_cache(datasets.default_cache_dir() / "xla")
-        self.setup, self.model = setup, setup.model
+        self.setup, self.model, self.data = setup, setup.model, run.data
         self.objective = setup.objective.name
         self.knn = isinstance(self.model, models.NearestNeighbours)
         if self.knn:
-            if set(run.params) != {"train_x", "train_y"}:
+            if set(run.params or {}) != {"train_x", "train_y"}:
                 raise FileError(f"{run.dir / 'params.pkl'} is not a knn run's memory (train_x, "
                                 f"train_y); it is damaged or from another dlrun version")
             self.variables = None
@@ -157,36 +181,42 @@ class Model:
             raise FileError(f"{run.dir} is a pretraining phase of a stacked model (its lower "
                             f"layers are not in its params.pkl); evaluate the run directory "
                             f"above it")
+        params = run.params
+        if params is None:  # --params checkpoint
+            from dlrun.train.start import checkpoint_params
+            params, meta = checkpoint_params(setup, run.dir)
+            self.checkpoint_epoch = meta.get("epoch")
         shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
-        if shapes(run.params) != shapes(blank.params):
+        if shapes(params) != shapes(blank.params):
             raise FileError(f"{run.dir / 'params.pkl'} does not hold the parameters of the model "
                             f"its run.json describes ({run.model_name}); it is damaged or from "
                             f"another dlrun version")
-        self.variables = {"params": jax.tree.map(jax.numpy.asarray, run.params), **extra}
+        self.variables = {"params": jax.tree.map(jax.numpy.asarray, params), **extra}
 
     def _features(self, x):
-        """(B, 28, 28, 1) float32 pixels -> the model's input (the run's transform applied)."""
+        """(B, H, W, C) float32 pixels -> the model's input (the run's transform applied)."""
         return x if self.setup.transform is None else self.setup.transform(x)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) float32 in [0, 1] -> (N, classes) class probabilities (knn: neighbour votes)."""
+        """(N, H, W, C) float32 in [0, 1], the run's input shape -> (N, classes) class
+        probabilities (knn: neighbour votes)."""
         import jax
         import jax.numpy as jnp
 
-        batch = self.setup.train.eval_batch_size
+        batch, k = self.setup.train.eval_batch_size, self.data.num_classes
         if self.knn:
-            memory_x = self._features(jnp.asarray(self.run.params["train_x"], jnp.float32)
-                                      .reshape(-1, SIDE, SIDE, 1) / 255.0)
+            memory = np.asarray(self.run.params["train_x"])
+            memory_x = self._features(jnp.asarray(memory, jnp.float32) / (255.0 if memory.dtype == np.uint8 else 1.0))
             memory_x = memory_x.reshape(memory_x.shape[0], -1)
             memory_y = jnp.asarray(self.run.params["train_y"])
             # arguments, not constants: a memorised MNIST (188 MB) must not be compiled in
             fn = jax.jit(lambda args, q: jax.nn.one_hot(self.model.predict(
-                *args, self._features(q).reshape(q.shape[0], -1)), self.setup.dataset.num_classes))
+                *args, self._features(q).reshape(q.shape[0], -1)), k))
             args = (memory_x, memory_y)
         else:
             fn = jax.jit(lambda variables, q: jax.nn.softmax(self.model.apply(
                 variables, self._features(q), train=False), -1))
             args = self.variables
-        x = np.asarray(images, np.float32)[..., None]
+        x = np.asarray(images, np.float32)
         return np.concatenate([np.asarray(fn(args, jnp.asarray(x[s:s + batch])))
-                               for s in range(0, len(x), batch)] or [np.zeros((0, self.setup.dataset.num_classes), np.float32)])
+                               for s in range(0, len(x), batch)] or [np.zeros((0, k), np.float32)])

@@ -40,7 +40,7 @@ def typed_kwargs(prefix: str, builder: Callable, node: Mapping[str, Any] | DictC
     the full key path (`prefix.key`), e.g. `optim.lr: 'abc' is not a valid float`.
     """
     params = config_params(builder)
-    fields = [(p.name, p.annotation,
+    fields = [(p.name, Any if p.annotation is inspect.Parameter.empty else p.annotation,
                dataclasses.field(default_factory=_factory(p.default)))
               for p in params]
     schema = dataclasses.make_dataclass(f"{prefix.replace('.', '_')}_schema", fields)
@@ -79,7 +79,14 @@ def build(group: str, registry: Mapping[str, Callable], node: Mapping | DictConf
     prefix = prefix or group
     if name is None:
         raise ConfigError(f"{group}.name is missing; choose one of: {', '.join(sorted(registry))}")
-    builder = choose(group, registry, name)
+    from dlrun.config import plugins  # the users' components: import paths, entry points
+
+    builder = choose(group, plugins.registered(group, registry), name)
+    if isinstance(builder, plugins.Custom):
+        try:
+            builder = builder.builder(prefix, plain)
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}.{e}" if str(e).startswith("target=") else str(e)) from None
     kwargs = typed_kwargs(prefix, builder, plain)
     try:
         return builder(**kwargs, **wanted(builder, runtime))

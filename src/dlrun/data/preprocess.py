@@ -35,7 +35,6 @@ from dlrun.runs.atomic import atomic_write_bytes
 
 PREPROCESS = ("none", "standardize", "pca", "zca")
 AUGMENT = ("shift", "scale", "elastic")
-SIDE = 28  # augmentation works on MNIST-shaped 28x28 single-channel images
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class Transform:
         return self.dims == self.mean.size
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, 28, 28, 1) pixels in [0, 1] -> (B, 28, 28, 1) when it keeps 784 dims, else (B, d)."""
+        """(B, H, W, C) pixels in [0, 1] -> (B, H, W, C) when it keeps every dimension, else (B, d)."""
         flat = x.reshape(x.shape[0], -1) - jnp.asarray(self.mean, jnp.float32)
         if self.matrix is not None:
             flat = flat @ jnp.asarray(self.matrix, jnp.float32)
@@ -99,10 +98,12 @@ class Transform:
 
 
 def fit(name: str, images: np.ndarray, eps: float = 1e-5, dims: int = 0) -> Optional[Transform]:
-    """Fit preprocessing `name` on training images (N, 28, 28[, 1]) uint8; None for 'none'."""
+    """Fit preprocessing `name` on training images (N, H, W[, C]), uint8 0-255 or floats in
+    [0, 1]; None for 'none'."""
     if name == "none":
         return None
-    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    x = images.reshape(len(images), -1).astype(np.float64)
+    x = x / 255.0 if images.dtype == np.uint8 else x
     mean = x.mean(0)
     centred = x - mean
     if name == "standardize":
@@ -117,37 +118,41 @@ def fit(name: str, images: np.ndarray, eps: float = 1e-5, dims: int = 0) -> Opti
 
 
 # ---- augmentation --------------------------------------------------------------------------
-def _gaussian_blur(fields: jax.Array, sigma: float) -> jax.Array:
-    """Gaussian smoothing of (N, 28, 28) fields, zero beyond the border, as two matrix
-    products G F G^T with the 28x28 banded blur matrix G (XLA:CPU runs the equivalent
-    convolution inside the scan loop of dense models far slower)."""
-    t = np.arange(SIDE)
+def _blur_matrix(side: int, sigma: float) -> jax.Array:
+    """The (side, side) banded Gaussian blur matrix, each row normalised by the full kernel's sum."""
+    t = np.arange(side)
     g = np.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
-    g /= np.exp(-0.5 * (np.arange(-SIDE, SIDE + 1) / sigma) ** 2).sum()  # the full kernel's sum
-    g = jnp.asarray(g, jnp.float32)
-    return jnp.einsum("ij,njk,lk->nil", g, fields, g)
+    g /= np.exp(-0.5 * (np.arange(-side, side + 1) / sigma) ** 2).sum()
+    return jnp.asarray(g, jnp.float32)
+
+
+def _gaussian_blur(fields: jax.Array, sigma: float) -> jax.Array:
+    """Gaussian smoothing of (N, H, W) fields, zero beyond the border, as two matrix
+    products G_H F G_W^T with banded blur matrices (XLA:CPU runs the equivalent
+    convolution inside the scan loop of dense models far slower)."""
+    gh, gw = _blur_matrix(fields.shape[1], sigma), _blur_matrix(fields.shape[2], sigma)
+    return jnp.einsum("ij,njk,lk->nil", gh, fields, gw)
 
 
 def augment(x: jax.Array, key: jax.Array, kinds: tuple, max_shift: float, max_scale: float,
             elastic_alpha: float, elastic_sigma: float) -> jax.Array:
-    """A random transformation of each image of x (B, 28, 28, 1) in [0, 1], bilinear, zero
-    outside the image. Output pixel p samples the input at centre + (p - centre) / s - d
-    (+ the elastic displacement)."""
-    b = x.shape[0]
+    """A random transformation of each image of x (B, H, W, C) in [0, 1], bilinear, zero
+    outside the image, the same for every channel. Output pixel p samples the input at
+    centre + (p - centre) / s - d (+ the elastic displacement)."""
+    b, h, w = x.shape[:3]
     k_shift, k_scale, k_elastic = jax.random.split(key, 3)
-    centre = (SIDE - 1) / 2.0
-    rows, cols = jnp.meshgrid(jnp.arange(SIDE, dtype=jnp.float32),
-                              jnp.arange(SIDE, dtype=jnp.float32), indexing="ij")
-    rows, cols = jnp.broadcast_to(rows, (b, SIDE, SIDE)), jnp.broadcast_to(cols, (b, SIDE, SIDE))
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
+                              jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    rows, cols = jnp.broadcast_to(rows, (b, h, w)), jnp.broadcast_to(cols, (b, h, w))
     if "scale" in kinds:
         s = jax.random.uniform(k_scale, (b, 1, 1), minval=1 - max_scale, maxval=1 + max_scale)
-        rows, cols = centre + (rows - centre) / s, centre + (cols - centre) / s
+        rows, cols = (h - 1) / 2.0 + (rows - (h - 1) / 2.0) / s, (w - 1) / 2.0 + (cols - (w - 1) / 2.0) / s
     if "shift" in kinds:
         d = jax.random.uniform(k_shift, (2, b, 1, 1), minval=-max_shift, maxval=max_shift)
         rows, cols = rows - d[0], cols - d[1]
     if "elastic" in kinds:
-        fields = jax.random.uniform(k_elastic, (2 * b, SIDE, SIDE), minval=-1.0, maxval=1.0)
+        fields = jax.random.uniform(k_elastic, (2 * b, h, w), minval=-1.0, maxval=1.0)
         fields = elastic_alpha * _gaussian_blur(fields, elastic_sigma)
         rows, cols = rows + fields[:b], cols + fields[b:]
     warp = jax.vmap(lambda img, r, c: map_coordinates(img, [r, c], order=1, mode="constant", cval=0.0))
-    return warp(x[..., 0], rows, cols)[..., None]
+    return jnp.stack([warp(x[..., c], rows, cols) for c in range(x.shape[-1])], axis=-1)

@@ -1,93 +1,35 @@
-"""Dataset splits on the device: the `dataset` config group.
+"""Dataset splits for training: on the device, or streamed from host memory.
 
-The raw uint8 arrays (datasets.py) are split into train / val / test, scaled to [0, 1] float32
-NHWC (N, 28, 28, 1), and put on the device once. Each split is padded to a multiple of the
-evaluation batch with label -1 rows, so evaluation compiles one shape; training only ever
-indexes the first `n` rows. Batches are gathered on the device inside the jitted step.
+A source's arrays (dlrun.data.catalog: the `dataset` group) are split into train / val / test.
+Where they fit `dataset.device_budget_mb` (or with dataset.placement=device) each split is put on
+the device once, padded to a multiple of the evaluation batch with label -1 rows so that
+evaluation compiles one shape; training only ever indexes the first `n` rows, and batches are
+gathered on the device inside the jitted step. Otherwise (placement=host, or auto over the
+budget) the splits stay in host memory, or memory-mapped on disk for sources that allow it
+(uncompressed npz members, the image-folder cache), and every batch is gathered on the host
+and copied to the device ahead of the step that needs it (dlrun.train.epoch, `Prefetch`): the
+same rows in the same order, so the same numbers as device-resident training with loop=step.
+Pixels stay uint8 (or the source's float32 in [0, 1]) until the jitted step scales them.
 """
-from dataclasses import dataclass, field
-from functools import partial
-from typing import List, Optional
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlrun.data import sources as datasets
+from dlrun.data.arrays import DataInfo
+from dlrun.data.catalog import DataConfig
 from dlrun.errors import ConfigError
-from dlrun.data.preprocess import AUGMENT, PREPROCESS
-from dlrun.config.registry import require, setattrs
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """A validated `dataset` node. val_size images are held out from the end of the training
-    split; preprocess and augment are dlrun.data.preprocess's. `name` is the option's (set by
-    the registry, DATASETS)."""
-
-    val_size: int = 0
-    train_subset: Optional[int] = None
-    data_dir: Optional[str] = None
-    download: bool = True
-    mirrors: Optional[List[str]] = None
-    preprocess: str = "none"
-    pca_eps: float = 1e-5
-    pca_dims: int = 0
-    augment: List[str] = ()
-    max_shift: float = 2.0
-    max_scale: float = 0.1
-    elastic_alpha: float = 34.0
-    elastic_sigma: float = 4.0
-    name: str = field(kw_only=True)
-
-    def __post_init__(self):
-        spec = datasets.REGISTRY[self.name]
-        n_train_raw = spec.counts[0]
-        require(self.data_dir is None or spec.source != "package",
-                f"data_dir does not apply to {self.name}, which ships inside dlrun (got "
-                f"{self.data_dir}); for your own copy of MNIST use dataset=mnist dataset.data_dir=DIR")
-        require(0 <= self.val_size < n_train_raw,
-                f"val_size must be in [0, {n_train_raw}) for {self.name} (got {self.val_size})")
-        require(self.train_subset is None or self.train_subset > 0,
-                f"train_subset must be a positive number of images or null (got {self.train_subset})")
-        require(self.preprocess in PREPROCESS,
-                f"preprocess must be one of {', '.join(PREPROCESS)} (got '{self.preprocess}')")
-        pixels_per_image = int(np.prod(spec.image_shape))
-        require(self.pca_eps > 0 and 0 <= self.pca_dims <= pixels_per_image,
-                f"need pca_eps > 0 and pca_dims in [0, {pixels_per_image}] (got {self.pca_eps}, "
-                f"{self.pca_dims})")
-        bad = [a for a in self.augment if a not in AUGMENT]
-        require(not bad, f"augment takes a list of {', '.join(AUGMENT)} (got {list(self.augment)}), "
-                         f"e.g. dataset.augment=[shift,scale]")
-        require(0 <= self.max_shift <= 14 and 0 <= self.max_scale < 1 and self.elastic_alpha >= 0
-                and self.elastic_sigma > 0, "need max_shift in [0, 14] pixels, max_scale in [0, 1), "
-                                            "elastic_alpha >= 0 and elastic_sigma > 0")
-        setattrs(self, augment=tuple(dict.fromkeys(self.augment)))
-
-    def sizes(self) -> tuple[int, int, int]:
-        """(n_train, n_val, n_test) this spec yields, known without loading the data."""
-        n_train_raw, n_test = datasets.REGISTRY[self.name].counts
-        n_train = n_train_raw - self.val_size
-        if self.train_subset is not None:
-            n_train = min(n_train, self.train_subset)
-        return n_train, self.val_size, n_test
-
-    @property
-    def num_classes(self) -> int:
-        return datasets.REGISTRY[self.name].num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels) of the dataset's images: the models' input shape."""
-        return datasets.REGISTRY[self.name].image_shape
-
-
-DATASETS = {name: partial(DataConfig, name=name) for name in datasets.REGISTRY}
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split on the device. x: (n_pad, 28, 28, 1) uint8 pixels; y: (n_pad,) int32, -1 = pad.
+    """One split. On the device (`on_device`): x (n_pad, H, W, C) uint8 (or float32) pixels and
+    y (n_pad,) int32 with -1 = padding. On the host: numpy arrays (or memory maps) of exactly
+    n rows, gathered batch by batch.
 
     Pixels stay uint8 on the device and become float32 in [0, 1] (`pixels`) inside the jitted
     step, fused into the batch gather: a quarter of the memory, and a quarter of the memory
@@ -95,58 +37,108 @@ class Split:
     60,000 training images after every epoch: 47 ms as float32, see docs/speed.md).
     """
 
-    x: jax.Array
-    y: jax.Array
+    x: jax.Array | np.ndarray
+    y: jax.Array | np.ndarray
     n: int
+    on_device: bool = True
 
 
 def pixels(x: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1], the models' input."""
-    return x.astype(jnp.float32) / 255.0
+    """uint8 images -> float32 in [0, 1], the models' input (float images are already)."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
-def host_images(split: Split) -> np.ndarray:
-    """The split's real images (no padding) on the host as (n, H, W) float32 in [0, 1], the
-    first channel: what the pictures draw."""
-    return np.asarray(split.x[:split.n, ..., 0], np.float32) / 255.0
+def host_images(split: Split, limit: Optional[int] = None) -> np.ndarray:
+    """The split's first `limit` (default all) real images on the host as (n, H, W, C) float32
+    in [0, 1]: what the pictures draw and dlrun-eval classifies."""
+    x = np.asarray(split.x[:split.n if limit is None else min(limit, split.n)])
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def host_labels(split: Split) -> np.ndarray:
+    return np.asarray(split.y[:split.n])
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, multiple: int) -> Split:
-    """(N, H, W) or (N, H, W, C) uint8 images and their labels, padded to a multiple of
-    `multiple` rows, on the device as a Split (NHWC)."""
+    """(N, H, W) or (N, H, W, C) images and their labels, padded to a multiple of `multiple`
+    rows, on the device as a Split (NHWC)."""
     n = len(images)
     pad = -n % multiple
     images = images if images.ndim == 4 else images[..., None]
-    x = np.zeros((n + pad, *images.shape[1:]), np.uint8)
+    x = np.zeros((n + pad, *images.shape[1:]), images.dtype)
     x[:n] = images
     y = np.full((n + pad,), -1, np.int32)
     y[:n] = labels
     return Split(jax.device_put(x), jax.device_put(y), n)
 
 
-def load_splits(spec: DataConfig, eval_batch_size: int) -> dict[str, Split]:
-    """Load, split and move to the device: {'train', 'val' (if val_size > 0), 'test'}."""
-    x_train, y_train, x_test, y_test = datasets.load_raw(
-        spec.name, data_dir=spec.data_dir, download=spec.download, mirrors=spec.mirrors)
-    n_fit = len(x_train) - spec.val_size
-    splits = {}
+def on_host(images: np.ndarray, labels: np.ndarray) -> Split:
+    """A split left where the source put it (RAM or a memory map): nothing is copied."""
+    return Split(images, np.asarray(labels, np.int32), len(images), on_device=False)
+
+
+def split_bytes(info: DataInfo, spec: DataConfig) -> int:
+    """The device memory the splits would take (uint8 pixels, int32 labels)."""
+    return sum(spec.sizes(info)) * (int(np.prod(info.image_shape)) + 4)
+
+
+def streams(spec: DataConfig, info: DataInfo) -> bool:
+    """Whether the splits stay on the host: placement=host, or auto and over the budget."""
+    if spec.placement != "auto":
+        return spec.placement == "host"
+    return split_bytes(info, spec) > spec.device_budget_mb * 2**20
+
+
+def load_splits(spec: DataConfig, eval_batch_size: int, stream: bool = False) -> dict[str, Split]:
+    """Load and split: {'train', 'val' (when there is one), 'test'}, on the device, or left on
+    the host when `stream`."""
+    data = spec.load()
+    n_fit = len(data.x_train) - spec.val_size
     end = n_fit if spec.train_subset is None else min(n_fit, spec.train_subset)
-    splits["train"] = to_device(x_train[:end], y_train[:end], eval_batch_size)
-    if spec.val_size:
-        splits["val"] = to_device(x_train[n_fit:], y_train[n_fit:], eval_batch_size)
-    splits["test"] = to_device(x_test, y_test, eval_batch_size)
-    return splits
+    parts = {"train": (data.x_train[:end], data.y_train[:end])}
+    if data.x_val is not None:
+        parts["val"] = (data.x_val, data.y_val)
+    elif spec.val_size:
+        parts["val"] = (data.x_train[n_fit:], data.y_train[n_fit:])
+    parts["test"] = (data.x_test, data.y_test)
+    place = on_host if stream else (lambda x, y: to_device(x, y, eval_batch_size))
+    return {name: place(x, y) for name, (x, y) in parts.items()}
 
 
-def data_record(spec: DataConfig) -> dict:
-    """summary.json's `data`: the dataset and where each of its files was read from (resolved
-    path and SHA-256), after load_splits read them."""
-    return {"dataset": spec.name,
-            "files": datasets.provenance(spec.name, data_dir=spec.data_dir)}
+def host_batches(split: Split, idx: np.ndarray, depth: int = 2) -> Iterator[tuple]:
+    """(x, y) device arrays of split's rows idx[i] for each step i, gathered on the host by a
+    background thread `depth` steps ahead of the consumer (prefetch), in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for rows in idx:
+                if stop.is_set():
+                    return
+                q.put((jax.device_put(np.asarray(split.x[rows])), jax.device_put(split.y[rows])))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+        q.put(None)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
 
 
-def check_batch_size(spec: DataConfig, batch_size: int) -> None:
-    n_train, _, _ = spec.sizes()
+def check_batch_size(spec: DataConfig, info: DataInfo, batch_size: int) -> None:
+    n_train, _, _ = spec.sizes(info)
     if batch_size > n_train:
         raise ConfigError(f"train.batch_size ({batch_size}) is larger than the training set "
                           f"({n_train} images of {spec.name} after val_size/train_subset); "

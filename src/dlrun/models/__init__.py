@@ -17,6 +17,7 @@ phases (`PRETRAINING` gives the config of each phase; dlrun.train runs them).
 """
 from typing import Callable
 
+from dlrun.config.plugins import Custom
 from dlrun.models.classifiers import ConvNet, cnn, lenet, logreg, mlp
 from dlrun.models.conv import Conv, conv_matmul, conv_shift, conv_shift_matmul, conv_xla, max_pool_ceil
 from dlrun.models.knn import NearestNeighbours, knn
@@ -27,7 +28,8 @@ from dlrun.models.unsupervised import RBM, Autoencoder, autoencoder, free_energy
 
 MODELS: dict[str, Callable] = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "lenet": lenet,
                                "rnn": rnn, "lstm": lstm, "autoencoder": autoencoder, "rbm": rbm,
-                               "sda": sda, "dbn": dbn, "knn": knn}
+                               "sda": sda, "dbn": dbn, "knn": knn,
+                               "custom": Custom("model")}  # model.target=MODULE:ATTR (plugins)
 
 __all__ = ["ACTIVATIONS", "INITS", "MODELS", "PRETRAINING", "RBM", "Autoencoder", "Conv", "ConvNet",
            "Dense", "DenseLayer", "NearestNeighbours", "Recurrent", "autoencoder", "cnn",

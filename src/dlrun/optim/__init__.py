@@ -10,6 +10,7 @@ from typing import Callable
 
 import optax
 
+from dlrun.config.plugins import Custom
 from dlrun.optim.line_search import cg, lbfgs, scale_by_polak_ribiere
 from dlrun.optim.optimizers import (adadelta, adagrad, adam, momentum, nesterov, rmsprop,
                                     rprop, scale_by_sign_agreement, sgd, sign_agreement)
@@ -20,6 +21,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop,
     "adagrad": adagrad, "adadelta": adadelta, "adam": adam, "rprop": rprop,
     "sign_agreement": sign_agreement, "lbfgs": lbfgs, "cg": cg,
+    "custom": Custom("optim"),  # optim.target=MODULE:ATTR, any optax factory (dlrun.config.plugins)
 }
 
 

@@ -69,7 +69,9 @@ _ARRAY_GLOBALS = {(mod, name) for core in ("numpy._core", "numpy.core") for mod,
 _PLAIN = (dict, list, tuple, str, int, float, bool, type(None))
 
 
-class _ArraysOnly(pickle.Unpickler):
+class ArraysOnly(pickle.Unpickler):
+    """An unpickler that resolves only numpy's array constructors: loading runs no code."""
+
     def find_class(self, module: str, name: str):
         if (module, name) in _ARRAY_GLOBALS:
             return super().find_class(module, name)
@@ -85,7 +87,7 @@ def load_arrays(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            obj = _ArraysOnly(f).load()
+            obj = ArraysOnly(f).load()
     except FileNotFoundError:
         raise FileError(f"{path}: no such file") from None
     except OSError as exc:

@@ -59,9 +59,12 @@ class CheckpointConfig:
 
 
 # ---- run.json and the run lock --------------------------------------------------------------
-def write_run_info(run_dir: Path, config: dict, version: str) -> None:
+def write_run_info(run_dir: Path, config: dict, version: str, data: dict) -> None:
+    """run.json: the config and `data`, the dataset's description (input shape, classes), so
+    that dlrun-eval and dlrun-predict rebuild the model without the training data."""
     atomic_write_json(run_dir / layout.RUN_INFO, {"format": FORMAT, "dlrun": version,
-                                             "config": config, "config_hash": config_hash(config)})
+                                             "config": config, "config_hash": config_hash(config),
+                                             "data": data})
 
 
 def read_run_info(run_dir: Path) -> dict:

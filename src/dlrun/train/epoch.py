@@ -83,6 +83,8 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
 
     run_epoch dispatches asynchronously and returns (state, sums, steps) without a host sync.
     """
+    if not split.on_device:
+        return make_stream_runner(setup, split, key)
     step, order_fn, dropout_key = step_and_order(setup, split.n, key)
     batched = setup.copies > 1
 
@@ -126,5 +128,41 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
             if pause is not None and i + 1 < steps and pause():
                 return (*distributed.local((state, acc)), i + 1)
         return (*distributed.local((state, acc)), steps)
+
+    return run_epoch, compile_s
+
+
+def make_stream_runner(setup: Setup, split: data_splits.Split, key: jax.Array) -> tuple[Callable, float]:
+    """make_epoch_runner for a split on the host (dataset streamed): the same epoch order and
+    the same step, fed one batch at a time. The batch's rows are gathered on the host and
+    copied to the device by a background thread two steps ahead (data_splits.host_batches);
+    the step then indexes the batch with 0..B-1, the same gather as of the rows on the device,
+    so the numbers are those of device-resident training with loop=step, bit for bit."""
+    step, order_fn, dropout_key = step_and_order(setup, split.n, key)
+    batch = setup.train.batch_size
+    local = jnp.arange(batch, dtype=jnp.int32)
+    t0 = time.perf_counter()
+    state0 = jax.eval_shape(lambda: init_states(setup, jax.random.key(0)))
+    xb = jax.ShapeDtypeStruct((batch, *split.x.shape[1:]), split.x.dtype)
+    yb = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    w0 = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        state0, epoch_acc(setup, None), xb, yb, local, w0, dropout_key).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run_epoch(state: TrainState, epoch: int, acc=None, start: int = 0,
+                  pause: Optional[Callable[[], bool]] = None):
+        idx, w = (np.asarray(a) for a in order_fn(epoch))
+        acc = epoch_acc(setup, None) if acc is None else acc
+        steps = idx.shape[0]
+        batches = data_splits.host_batches(split, idx[start:])
+        try:
+            for i, (x, y) in enumerate(batches, start):
+                state, acc = compiled(state, acc, x, y, local, w[i], dropout_key)
+                if pause is not None and i + 1 < steps and pause():
+                    return state, acc, i + 1
+        finally:
+            batches.close()
+        return state, acc, steps
 
     return run_epoch, compile_s

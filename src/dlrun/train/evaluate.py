@@ -16,6 +16,18 @@ from dlrun.train.state import TrainState, model_variables
 
 
 # ---- evaluation ------------------------------------------------------------------------------
+def host_chunks(split: data_splits.Split, batch: int):
+    """A host split as device chunks of `batch` rows, the last padded with label -1 (the
+    padding a device-resident split carries), each copied ahead of its use."""
+    n = split.n
+    starts = np.arange(0, n, batch)
+    rows = [np.minimum(np.arange(s, s + batch), n - 1) for s in starts]
+    for (x, y), s in zip(data_splits.host_batches(split, rows), starts):
+        if s + batch > n:  # the last chunk: its rows past n are padding
+            y = jax.numpy.where(jax.numpy.arange(batch) < n - s, y, -1)
+        yield x, y
+
+
 def make_evaluator(model: nn.Module, batch: int, copies: int = 1,
                    transform: Optional[preprocess.Transform] = None
                    ) -> Callable[[dict, data_splits.Split], dict]:
@@ -47,7 +59,9 @@ def make_evaluator(model: nn.Module, batch: int, copies: int = 1,
     chunk_jit = jax.jit(chunk)
 
     def evaluate(variables: dict, split: data_splits.Split) -> dict:
-        if model.scan_friendly:
+        if not split.on_device:
+            total = sum(chunk_jit(variables, *chunk) for chunk in host_chunks(split, batch))
+        elif getattr(model, "scan_friendly", False):
             total = whole(variables, split.x, split.y)
         else:
             total = sum(chunk_jit(variables, split.x[s:s + batch], split.y[s:s + batch])

@@ -47,7 +47,8 @@ def fit_knn(setup: Setup, run_dir: Path, splits: dict, started_at: float, draw: 
         from dlrun.runs import pictures as plots
         test = splits["test"]
         names = plots.write_all(run_dir, "classify", [], "error", {}, data_splits.host_images(test),
-                                np.asarray(test.y[:test.n]), predict=lambda x: predicted)
+                                np.asarray(test.y[:test.n]), predict=lambda x: predicted,
+                                class_names=setup.data.class_names)
         log.info("pictures: %s", ", ".join(names))
     log.info(format_end(summary))
     return summary

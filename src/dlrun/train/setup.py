@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun import models, optim
 from dlrun.config.registry import build, build_node, require, setattrs
-from dlrun.data import preprocess
+from dlrun.data import catalog, preprocess
 from dlrun.data import splits as data_splits
+from dlrun.data.arrays import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models import objectives
 from dlrun.optim import regularizers
@@ -83,7 +84,8 @@ class Setup:
     tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
     reg: regularizers.Regularization
-    dataset: data_splits.DataConfig
+    dataset: catalog.DataConfig
+    data: DataInfo  # the dataset's input shape, classes and split sizes
     train: TrainConfig
     loop: str
     steps_per_epoch: int
@@ -97,6 +99,8 @@ class Setup:
     prune: Optional[pruning.PruneConfig] = None  # sweeps: dlrun's median rule (None: off)
     mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its devices (dlrun.runtime.distributed)
     loggers: tuple = ()  # dlrun.runs.tracking.LoggerSpec of each selected logger (logger=[...])
+    stream: bool = False  # the splits stay on the host; batches are copied to the device
+    label: str = ""  # "model=.. optim=.. dataset=..": what the pictures' titles name
 
     @property
     def copies(self) -> int:
@@ -116,21 +120,29 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def build_setup(cfg: DictConfig) -> Setup:
-    """Validate the whole config and build its components; raises ConfigError on bad input."""
+def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
+    """Validate the whole config and build its components; raises ConfigError on bad input.
+    The dataset describes itself (reading a user's files once; the built-in ones need no
+    reading) unless `data` is given: a finished run's own record of it (dlrun-eval, -predict)."""
     check_top_level(cfg)
     tc = build_node("train", TrainConfig, cfg.train)
-    ds = build("dataset", data_splits.DATASETS, cfg.dataset)
+    ds = build("dataset", catalog.DATASETS, cfg.dataset)
+    data = data or ds.describe()
+    try:
+        ds.check(data)
+    except ConfigError as e:
+        raise ConfigError(f"dataset.{e}") from None
+    n_train = ds.sizes(data)[0]
     if tc.batch_size == 0:  # full batch: one step per epoch on the whole training split
-        tc = dataclasses.replace(tc, batch_size=ds.sizes()[0], drop_last=False)
-    data_splits.check_batch_size(ds, tc.batch_size)
+        tc = dataclasses.replace(tc, batch_size=n_train, drop_last=False)
+    data_splits.check_batch_size(ds, data, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
-    model = build("model", models.MODELS, cfg.model, num_classes=ds.num_classes, dropout=reg.dropout,
-                  input_shape=ds.image_shape)
+    model = build("model", models.MODELS, cfg.model, num_classes=data.num_classes, dropout=reg.dropout,
+                  input_shape=data.image_shape)
     full_batch = cfg.optim.name in optim.FULL_BATCH
     if full_batch:
-        tc = full_batch_train(cfg, tc, model, reg, ds.sizes()[0])
-    steps = steps_per_epoch(ds.sizes()[0], tc.batch_size, tc.drop_last)
+        tc = full_batch_train(cfg, tc, model, reg, n_train)
+    steps = steps_per_epoch(n_train, tc.batch_size, tc.drop_last)
     require(steps * tc.epochs < 2**31,
             f"train.epochs ({tc.epochs}) x {steps} steps per epoch overflows the int32 step "
             f"counter; use at most {(2**31 - 1) // steps} epochs")
@@ -139,16 +151,40 @@ def build_setup(cfg: DictConfig) -> Setup:
     base = build("optim", optim.OPTIMIZERS, cfg.optim, schedule=lr_of)
     lr_schedule = lr_of(float(cfg.optim.lr))
     tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule)
-    loop = tc.loop if tc.loop != "auto" else ("scan" if model.scan_friendly else "step")
+    stream = data_splits.streams(ds, data)
+    loop = tc.loop if tc.loop != "auto" else ("scan" if scan_friendly(model) and not stream else "step")
     ck = build_node("checkpoint", CheckpointConfig, cfg.get("checkpoint"))
     stopper = build("early_stopping", early_stopping.STOPPERS,
                     cfg.get("early_stopping") or {"name": "none"})
     prune = build_node("prune", pruning.PruneConfig, cfg.get("prune"))
     phases = tuple(models.pretraining_phases(OmegaConf.to_container(cfg.model, resolve=True)))
-    check_combinations(cfg, ds, tc, model, stopper, prune, phases)
-    return Setup(model, tx, lr_schedule, reg, ds, tc, loop, steps, lr_scales(cfg, tc), ck, stopper,
-                 objectives.of(model), phases, full_batch, prune=prune if prune.enabled else None,
-                 loggers=tracking.build_all(cfg.get("logger")))
+    check_combinations(cfg, ds, data, tc, model, stopper, prune, phases)
+    check_stream(stream, loop, tc, model, phases, full_batch)
+    return Setup(model, tx, lr_schedule, reg, ds, data, tc, loop, steps, lr_scales(cfg, tc), ck,
+                 stopper, objectives.of(model), phases, full_batch,
+                 prune=prune if prune.enabled else None,
+                 loggers=tracking.build_all(cfg.get("logger")), stream=stream,
+                 label=f"model={cfg.model.name} optim={cfg.optim.name} dataset={cfg.dataset.name}")
+
+
+def scan_friendly(model) -> bool:
+    """Whether the model trains fastest as one lax.scan per epoch (dlrun's dense nets say so;
+    a user's module that does not say is trained one jitted step at a time)."""
+    return bool(getattr(model, "scan_friendly", False))
+
+
+def check_stream(stream: bool, loop: str, tc: TrainConfig, model, phases, full_batch: bool) -> None:
+    """What streaming from the host (dataset.placement=host, or auto over the budget) supports."""
+    if not stream:
+        return
+    require(loop == "step", "dataset.placement=host streams one batch per step: use train.loop=step "
+                            "(or auto)")
+    require(tc.num_seeds == 1 and not phases and not full_batch
+            and not isinstance(model, models.NearestNeighbours),
+            "data streamed from the host (dataset.placement=host, or a dataset over "
+            "dataset.device_budget_mb) trains one model by minibatch steps: not train.num_seeds "
+            "> 1, pretraining (sda, dbn), full-batch optimizers or knn; raise "
+            "dataset.device_budget_mb or use placement=device")
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -187,11 +223,11 @@ def lr_scales(cfg: DictConfig, tc: TrainConfig) -> Optional[tuple]:
     return tuple(copy_lr / lr for _, copy_lr in layout.copies(tc.seed, tc.num_seeds, lr, tc.lrs))
 
 
-def check_combinations(cfg: DictConfig, ds, tc: TrainConfig, model, stopper, prune, phases) -> None:
+def check_combinations(cfg: DictConfig, ds, data, tc: TrainConfig, model, stopper, prune, phases) -> None:
     """The options that do not go together, each refused with the fix."""
     name = cfg.model.name
     knn = isinstance(model, models.NearestNeighbours)
-    require(stopper is None or ds.sizes()[1] > 0,
+    require(stopper is None or ds.sizes(data)[1] > 0,
             f"early_stopping={cfg.early_stopping.name if stopper else ''} needs a validation "
             f"split (dataset.val_size > 0; the seed presets have none), so that it never selects "
             f"on the test set")
@@ -229,4 +265,7 @@ def attach_runtime(setup: Setup, cfg: DictConfig) -> Setup:
     mesh = None if knn else distributed.make_mesh(
         dist, setup.train.batch_size, "the full batch (the whole training split)"
         if setup.full_batch or cfg.train.batch_size == 0 else "train.batch_size")
+    require(mesh is None or not setup.stream,
+            "data streamed from the host trains on one device; with several, raise "
+            "dataset.device_budget_mb (or placement=device) or set dist.data_parallel=false")
     return dataclasses.replace(setup, mesh=mesh)

@@ -36,6 +36,25 @@ def fresh_start(setup: Setup, init_from: Optional[dict] = None) -> Start:
     return Start(state, train_key, None, host_copy(state.params), Progress(setup.copies))
 
 
+def checkpoint_params(setup: Setup, run_dir: Path) -> tuple[dict, dict]:
+    """(parameters, meta) of the newest complete checkpoint of `run_dir` (one copy), for
+    dlrun-eval --params checkpoint on a run that stopped before it finished."""
+    checkpoints = Checkpoints(run_dir)
+    try:
+        if checkpoints.latest_step() is None:
+            raise FileError(f"{run_dir} has no complete checkpoint yet; wait for the first one "
+                            f"(checkpoint.every_minutes) or use --params best")
+        meta = checkpoints.read_meta()
+        blank = fresh_start(setup)
+        tree = checkpoints.restore_state({"state": blank.state,
+                                          "acc": sums_to_array(setup, epoch_acc(setup, None)),
+                                          "rng": jax.random.key_data(blank.train_key),
+                                          "best_params": blank.best_params})
+    finally:
+        checkpoints.close()
+    return tree["state"].params, meta
+
+
 def with_layers(setup: Setup, state: TrainState, layers: dict) -> TrainState:
     """`state` (one copy) with the named layers of each collection replaced by `layers`
     ({collection: {layer name: tree of arrays}}, shapes checked) and a fresh optimizer state."""

@@ -19,7 +19,7 @@ class TrainState(NamedTuple):
 
 
 def init_state(setup: Setup, key: jax.Array) -> TrainState:
-    x = jnp.zeros((1, *setup.dataset.image_shape), jnp.float32)
+    x = jnp.zeros((1, *setup.data.image_shape), jnp.float32)
     if setup.transform is not None:
         x = setup.transform(x)
     variables = dict(setup.model.init({"params": key, "sample": key, "dropout": key}, x, train=False))

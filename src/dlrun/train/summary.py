@@ -5,7 +5,6 @@ from typing import Optional
 import jax
 import numpy as np
 
-from dlrun.data import splits as data_splits
 from dlrun.runs import layout
 from dlrun.runtime import distributed
 from dlrun.train.setup import Setup
@@ -31,7 +30,8 @@ def make_summary(setup: Setup, history: list, best: Optional[dict], select: str,
                    "count": jax.device_count(), "processes": distributed.processes(),
                    "data_parallel_devices": setup.mesh.size if setup.mesh is not None else 1},
         "versions": versions(),
-        "data": data_splits.data_record(setup.dataset),
+        "data": {**setup.dataset.record(), **setup.data.as_dict(),
+                 "placement": "host (streamed)" if setup.stream else "device"},
     }
 
 

@@ -87,7 +87,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str, ctx: Optional[Context] = N
             "process %d of %d: process 0 writes the run directory", jax.process_index(),
             jax.process_count()))
     check_run_dir(run_dir, config, ctx.resume)
-    splits = ctx.splits or data_splits.load_splits(setup.dataset, setup.train.eval_batch_size)
+    splits = ctx.splits or data_splits.load_splits(setup.dataset, setup.train.eval_batch_size,
+                                                   setup.stream)
     setup = fit_transform(setup, splits)
     if setup.train.compile_cache:
         enable_compile_cache(datasets.default_cache_dir() / "xla")
@@ -150,7 +151,7 @@ def in_run_dir(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, split
                          setup.train.epochs)
                 return agree_start(setup, config, None, layout.read_summary(run_dir))[1]
         if not ctx.resume:
-            write_run_info(run_dir, config, __version__)
+            write_run_info(run_dir, config, __version__, setup.data.as_dict())
             lock = RunLock(run_dir)
         ctx.on_start()
         if setup.transform is not None:
