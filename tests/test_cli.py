@@ -206,13 +206,14 @@ def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
             groups[name] = set(options.split(", "))
     assert set(groups) == {"model", "optim", "regularizer", "dataset", "schedule"}, proc.stdout
     assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "rnn", "lstm", "autoencoder",
-                               "rbm", "sda", "dbn", "knn"}
+                               "rbm", "sda", "dbn", "knn", "custom"}
     optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam", "rprop",
               "sign_agreement", "lbfgs", "cg"}
     assert optims <= groups["optim"]
     assert {"none", "l1", "l2", "weight_decay", "max_norm", "dropout",
             "dropconnect"} <= groups["regularizer"]
-    assert {"mnist_sample", "mnist", "fashion_mnist"} <= groups["dataset"]
+    assert {"mnist_sample", "mnist", "fashion_mnist", "npz", "image_folder", "cifar10", "cifar100",
+            "custom"} <= groups["dataset"]
     assert {"constant", "step", "cosine"} <= groups["schedule"]
 
     proc = dlrun("--cfg", "job")

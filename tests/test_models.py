@@ -16,7 +16,7 @@ def make(name, dropout=None, **kw):
                  dropout=dropout or {})
 
 
-CLASSIFIERS = sorted(n for n in models.MODELS if n not in ("autoencoder", "rbm", "knn"))
+CLASSIFIERS = sorted(n for n in models.MODELS if n not in ("autoencoder", "rbm", "knn", "custom"))
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in ("lenet", "dbn", "sda") else [])

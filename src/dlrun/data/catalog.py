@@ -132,8 +132,8 @@ class IdxConfig(DataConfig):
         x_train, y_train, x_test, y_test = sources.load_raw(
             self.name, data_dir=self.data_dir, download=self.download,
             mirrors=None if self.mirrors is None else list(self.mirrors))
-        return Arrays(x_train, y_train, x_test, y_test, num_classes=10,
-                      class_names=self.describe().class_names)
+        return check(Arrays(x_train, y_train, x_test, y_test, num_classes=10,
+                            class_names=self.describe().class_names), self.name)
 
     def files(self) -> list:
         return sources.provenance(self.name, data_dir=self.data_dir)

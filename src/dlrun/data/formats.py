@@ -81,7 +81,9 @@ def _stored_members(path: Path) -> dict[str, np.ndarray]:
                 + int.from_bytes(local[28:30], "little")
             f.seek(start)
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
             if dtype.hasobject:
                 continue
             out[info.filename[:-4]] = np.memmap(path, dtype, "r", f.tell(), shape,
@@ -140,11 +142,25 @@ def _cifar_split(root: Path, files: list[str], label_key: str, name: str):
     return np.concatenate(xs), np.concatenate(ys)
 
 
+class CifarUnpickler(ArraysOnly):
+    """numpy's array constructors, and _codecs.encode (how a Python 3 pickle of protocol 2
+    stores bytes: a string and its encoding, nothing that runs code)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return super(ArraysOnly, self).find_class(module, name)
+        try:
+            return super().find_class(module, name)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never "
+                                         f"needs") from None
+
+
 def _unpickle(path: Path, name: str) -> dict:
     """A CIFAR pickle through the arrays-only unpickler (bytes keys from Python 2 kept)."""
     try:
         with open(path, "rb") as f:
-            obj = ArraysOnly(f, encoding="bytes").load()
+            obj = CifarUnpickler(f, encoding="bytes").load()
     except OSError as e:
         raise DataError(f"{name}: cannot read {path} ({one_line(e)})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
