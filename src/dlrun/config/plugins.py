@@ -48,14 +48,14 @@ class Custom:
     group: str
     target: Optional[str] = None
 
-    def builder(self, prefix: str, node: dict) -> Callable:
-        """The adapter to build this component with (node: the config node, `target` popped)."""
+    def builder(self, prefix: str, node: dict, name: str = "custom") -> Callable:
+        """The adapter to build option `name` with (node: the config node, `target` popped)."""
         target = self.target or node.pop("target", None)
         if not target:
             raise ConfigError(f"{prefix}.target is required: {prefix}=custom "
                               f"{prefix}.target=MODULE:ATTR (an importable module, e.g. on PYTHONPATH)")
         obj = import_target(f"{prefix}.target={target}" if not self.target else target, target)
-        return ADAPTERS[self.group](obj, target)
+        return ADAPTERS[self.group](obj, target, name)
 
 
 def import_target(label: str, target: str) -> Any:
@@ -147,7 +147,7 @@ def with_signature(fn: Callable, params: list[inspect.Parameter], runtime: tuple
 
 
 # ---- adapters per group ---------------------------------------------------------------------------
-def model_adapter(obj: Any, target: str) -> Callable:
+def model_adapter(obj: Any, target: str, name: str) -> Callable:
     import flax.linen as nn
 
     params = config_signature(obj, MODEL_RUNTIME)
@@ -192,7 +192,7 @@ def check_model(module, target: str, input_shape: tuple, num_classes: int) -> No
                           f"for a batch of 2; a classifier returns logits (B, {num_classes})")
 
 
-def optim_adapter(obj: Any, target: str) -> Callable:
+def optim_adapter(obj: Any, target: str, name: str) -> Callable:
     if not accepts(obj, "learning_rate"):
         raise ConfigError(f"target={target} takes no learning_rate; give an optax optimizer "
                           f"factory such as optax:adamw")
@@ -213,7 +213,7 @@ def optim_adapter(obj: Any, target: str) -> Callable:
     return with_signature(build, params, ("schedule",))
 
 
-def dataset_adapter(obj: Any, target: str) -> Callable:
+def dataset_adapter(obj: Any, target: str, name: str) -> Callable:
     from dlrun.data import catalog
 
     own = config_signature(obj, ())
@@ -228,7 +228,7 @@ def dataset_adapter(obj: Any, target: str) -> Callable:
     def build(**kwargs):
         common = {k: kwargs.pop(k) for k in catalog.COMMON_KEYS if k in kwargs}
         return catalog.CustomDataConfig(**common, target=target,
-                                        arguments=tuple(sorted(kwargs.items())), name="custom")
+                                        arguments=tuple(sorted(kwargs.items())), name=name)
 
     return with_signature(build, params, ())
 

@@ -84,7 +84,7 @@ def build(group: str, registry: Mapping[str, Callable], node: Mapping | DictConf
     builder = choose(group, plugins.registered(group, registry), name)
     if isinstance(builder, plugins.Custom):
         try:
-            builder = builder.builder(prefix, plain)
+            builder = builder.builder(prefix, plain, name)
         except ConfigError as e:
             raise ConfigError(f"{prefix}.{e}" if str(e).startswith("target=") else str(e)) from None
     kwargs = typed_kwargs(prefix, builder, plain)
