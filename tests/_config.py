@@ -10,5 +10,7 @@ def compose(*overrides: str) -> DictConfig:
     overrides = list(overrides)
     if not any(o.lstrip("+~").startswith("plots=") for o in overrides):
         overrides.append("plots=false")
+    from dlrun.config.plugins import custom_keys  # model.width=64 after model=custom, as the CLI
+    overrides = custom_keys(overrides)
     with initialize_config_module("dlrun.conf", version_base="1.3"):
         return hydra_compose("config", overrides=overrides)

@@ -78,17 +78,50 @@ def readme_commands() -> list[list[str]]:
     commands = []
     for line in "\n".join(blocks).splitlines():
         words = line.split("#")[0].split()
+        while words and re.match(r"^[A-Z_]+=", words[0]):  # PYTHONPATH=examples .venv/bin/dlrun ...
+            words = words[1:]
         if words and words[0].endswith("/dlrun") and not {"-m", "--help", "--cfg"} & set(words[1:]):
             commands.append(words[1:])
     return commands
 
 
-def test_the_readmes_commands_compose():
+def test_the_readmes_commands_compose(tmp_path, monkeypatch):
     """Every `dlrun` command the README shows composes into a valid config (Hydra's compose
-    API, then dlrun's own validation), so the front page never shows a command that fails."""
+    API, then dlrun's own validation), so the front page never shows a command that fails.
+    They run from the repository root, where examples/make_arrays.py wrote my_arrays.npz."""
+    import subprocess
+
     from _config import compose
     from dlrun.train import build_setup
+    subprocess.run([sys.executable, ROOT / "examples" / "make_arrays.py", tmp_path / "my_arrays.npz"],
+                   check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
     commands = readme_commands()
     assert len(commands) >= 4, commands
+    assert any("dataset=npz" in c for c in commands) and any("model=custom" in c for c in commands)
     for overrides in commands:
         build_setup(compose(*overrides))
+
+
+@pytest.mark.slow
+def test_the_your_data_page_runs(tmp_path):
+    """Every command of docs/your-data.md's "Try it" block, in order, from a directory laid out
+    like the repository (examples/, .venv/): each exits 0 and writes what the next one reads."""
+    import subprocess
+
+    from conftest import dlrun_env
+    page = (ROOT / "docs" / "your-data.md").read_text()
+    block = re.search(r"## Try it\n.*?```sh\n(.*?)```", page, flags=re.S).group(1)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert len(lines) >= 6
+    for line in lines:
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=dlrun_env(tmp_path),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
+    assert (tmp_path / "runs" / "arrays" / "export" / "model.jax_export").is_file()
+    assert (tmp_path / "runs" / "predictions.csv").read_text().startswith("input,label,class")
+    summary = (tmp_path / "runs" / "streamed" / "summary.json").read_text()
+    assert "host (streamed)" in summary

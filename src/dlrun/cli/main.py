@@ -221,30 +221,6 @@ def discard_failed_sweeps() -> None:
             ownership.remove_created(sweep_dir)
 
 
-def custom_keys(argv: list[str]) -> list[str]:
-    """`model.width=64` after model=custom is a keyword argument of the user's target, which the
-    custom YAML cannot list: pass it to Hydra as an addition (+model.width=64)."""
-    chosen = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv
-              if "=" in a and a.split("=", 1)[0] in plugins.ENTRY_POINTS}
-    out = []
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        group, _, leaf = key.partition(".")
-        if chosen.get(group) == "custom" and leaf and "." not in leaf and "=" in arg \
-                and leaf not in custom_yaml_keys(group):
-            arg = "+" + arg
-        out.append(arg)
-    return out
-
-
-def custom_yaml_keys(group: str) -> set[str]:
-    import importlib.resources
-
-    import yaml
-    text = importlib.resources.files("dlrun.conf").joinpath(group, "custom.yaml").read_text()
-    return set(yaml.safe_load(text))
-
-
 def main() -> None:
     """Console entry point: run Hydra, turning user errors into one line and exit code 2."""
     debug = os.environ.get("DLRUN_DEBUG") == "1"
@@ -255,7 +231,7 @@ def main() -> None:
     os.environ[launch_env.MAIN_PID_VAR] = str(os.getpid())  # jobs in other processes see it
     os.environ[launch_env.SWEEP_ID_VAR] = _UID
     sys.argv[1:] = launch_env.default_overrides(sys.argv[1:])  # joblib on GPUs: 1 job per GPU
-    sys.argv[1:] = custom_keys(sys.argv[1:])
+    sys.argv[1:] = plugins.custom_keys(sys.argv[1:])
     plugins.register_search_path()  # YAML options of installed packages (entry points)
     keep_freed_memory()  # before XLA starts its threads: see allocator.py (1.6x on the convnet)
     exit_code = 0

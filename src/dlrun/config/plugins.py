@@ -236,6 +236,30 @@ def dataset_adapter(obj: Any, target: str, name: str) -> Callable:
 ADAPTERS = {"model": model_adapter, "optim": optim_adapter, "dataset": dataset_adapter}
 
 
+def custom_keys(argv: list[str]) -> list[str]:
+    """`model.width=64` after model=custom is a keyword argument of the user's target, which the
+    custom YAML cannot list: pass it to Hydra as an addition (+model.width=64)."""
+    chosen = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv
+              if "=" in a and a.split("=", 1)[0] in ENTRY_POINTS}
+    out = []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        group, _, leaf = key.partition(".")
+        if chosen.get(group) == "custom" and leaf and "." not in leaf and "=" in arg \
+                and leaf not in custom_yaml_keys(group):
+            arg = "+" + arg
+        out.append(arg)
+    return out
+
+
+def custom_yaml_keys(group: str) -> set[str]:
+    import importlib.resources
+
+    import yaml
+    text = importlib.resources.files("dlrun.conf").joinpath(group, "custom.yaml").read_text()
+    return set(yaml.safe_load(text))
+
+
 # ---- Hydra's search path: the YAML options of installed packages ------------------------------------
 def conf_packages() -> list[str]:
     """The config packages installed distributions declare (entry points group dlrun.conf)."""
