@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import dlrun_env, run_dirs
 from dlrun.data import sources as datasets
 from dlrun.cli import predict
+from dlrun.data.catalog import FASHION_CLASSES
 
 pytestmark = pytest.mark.slow  # dlrun, dlrun-eval and dlrun-predict as subprocesses
 BIN = Path(sys.executable).parent
@@ -175,21 +176,21 @@ def test_prepare_image_recovers_the_digit(test_split, tmp_path):
     x, _ = test_split
     for digit in x[:10]:
         big = np.asarray(Image.fromarray(digit).resize((56, 56), Image.BICUBIC))
-        back = predict.prepare_image(big)
+        back = predict.prepare_digit(big)
         assert back.shape == (28, 28) and back.dtype == np.float32
         assert 0 <= back.min() and back.max() <= 1
         # the same digit, up to the one-pixel shift of centring by mass (measured: mean
         # absolute difference 0.017, at most 0.043, over 200 test digits)
         assert min(np.abs(np.roll(back, (a, b), (0, 1)) - digit / 255.0).mean()
                    for a in (-1, 0, 1) for b in (-1, 0, 1)) < 0.06
-        white = predict.prepare_image(255 - big)  # dark on light: inverted first
+        white = predict.prepare_digit(255 - big)  # dark on light: inverted first
         assert np.abs(white - back).max() < 1e-5
     rgba = np.zeros((28, 28, 4), np.uint8)  # black ink on a transparent background
     rgba[..., 3] = x[0]
     Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
-    assert np.abs(predict.read_image(tmp_path / "ink.png") - x[0] / 255.0).max() <= 1.5 / 255
-    assert predict.label_text(9, "fashion_mnist") == "9 Ankle boot"
-    assert predict.label_text(9, "mnist") == "9"
+    assert np.abs(predict.read_image(tmp_path / "ink.png")[..., 0] - x[0] / 255.0).max() <= 1.5 / 255
+    assert predict.label_text(9, FASHION_CLASSES) == "9 Ankle boot"
+    assert predict.label_text(9, tuple(map(str, range(10)))) == "9"
 
 
 # ---- other kinds of runs -------------------------------------------------------------------------
@@ -242,13 +243,22 @@ def test_fashion_mnist_run_prints_class_names(work, tmp_path):
     record = json.loads((tmp_path / "f" / "eval.json").read_text())
     assert record["images"] == 10000 and record["dataset"] == "fashion_mnist"
     assert record["metrics"]["error"] == summary_of(fashion)["final"]["test_error"]
-    _, _, x_test, _ = datasets.load_raw("fashion_mnist")
+    _, _, x_test, y_test = datasets.load_raw("fashion_mnist")
     np.save(tmp_path / "clothes.npy", x_test[:20])
     proc = command(work, "dlrun-predict", fashion, tmp_path / "clothes.npy", "--top", "2")
     assert proc.returncode == 0, proc.stderr
     for line in proc.stdout.splitlines():
         label = int(LINE.match(line).group(2))
-        assert f"label {label} {predict.FASHION_CLASSES[label]} (p=" in line, line
+        assert f"label {label} {FASHION_CLASSES[label]} (p=" in line, line
+    # a 112x112 copy of a Pullover is brought to 28x28 like the data (resized, not centred by
+    # mass like a digit) and gets the label its 28x28 original gets
+    pullover = int(np.flatnonzero(y_test == 2)[0])
+    Image.fromarray(x_test[pullover]).resize((112, 112), Image.BICUBIC).save(tmp_path / "big.png")
+    np.save(tmp_path / "one.npy", x_test[pullover:pullover + 1])
+    proc = command(work, "dlrun-predict", fashion, tmp_path / "big.png", tmp_path / "one.npy")
+    assert proc.returncode == 0, proc.stderr
+    big, small = proc.stdout.splitlines()
+    assert LINE.match(big).group(2) == LINE.match(small).group(2), proc.stdout
 
 
 # ---- refusals ------------------------------------------------------------------------------------

@@ -197,11 +197,12 @@ def read_image_folder(root: str, image_size: Optional[tuple[int, int]], channels
             raise DataError(f"{root_path}/{split} has class folder(s) {', '.join(extra)} that "
                             f"{root_path}/train lacks; every class needs training images")
     files = [p for by_class in listing.values() for paths in by_class.values() for p in paths]
-    size = tuple(image_size) if image_size else _common_size(files)
     stats = [(str(p.relative_to(root_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT, list(size), channels, stats]).encode()).hexdigest()[:20]
+    wanted = list(image_size) if image_size else None  # None: the most common size, found once
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, wanted, channels, stats]).encode()).hexdigest()[:20]
     where = cache_dir / "image_folder" / key
     if not (where / "done.json").is_file():
+        size = tuple(image_size) if image_size else _common_size(files)
         _decode_into(where, listing, classes, size, channels, len(files))
     load = lambda n: np.load(where / f"{n}.npy", mmap_mode="r")  # noqa: E731
     parts = {s: (load(f"x_{s}"), load(f"y_{s}")) for s in listing}
