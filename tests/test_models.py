@@ -113,3 +113,27 @@ def test_dropout_only_in_training():
 def test_bad_model_settings(kw, fragment):
     with pytest.raises(ConfigError, match=fragment):
         make(**kw)
+
+
+SMALL = {"mlp": {"hidden": [16]}, "cnn": {"features": [4, 8, 8], "hidden": [16]},
+         "lenet": {"features": [4, 8], "hidden": [16]}, "rnn": {"hidden": 8}, "lstm": {"hidden": 8},
+         "autoencoder": {"hidden": 16}, "rbm": {"hidden": 16, "chains": 4},
+         "sda": {"hidden": [16, 16], "corruption": [0.1, 0.2]}, "dbn": {"hidden": [16, 16]}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in models.MODELS if n not in ("knn", "custom")))
+def test_every_model_is_built_for_the_datas_shape_and_classes(name):
+    """Any H, W, C and class count: 20x24 colour images, 7 classes."""
+    shape, k = (20, 24, 3), 7
+    model = build("model", models.MODELS, {"name": name, **SMALL.get(name, {})}, num_classes=k,
+                  input_shape=shape, dropout={})
+    x = jnp.full((2, *shape), 0.5, jnp.float32)
+    key = jax.random.key(0)
+    variables = model.init({"params": key, "sample": key, "dropout": key}, x, train=False)
+    out = model.apply(variables, x, train=False, rngs={"sample": key},
+                      mutable=list(getattr(model, "mutable", ())) or False)
+    out = out[0] if isinstance(out, tuple) else out
+    if isinstance(out, dict):  # autoencoder, rbm: they reconstruct the pixels
+        assert out["target"].shape == (2, np.prod(shape)), out["target"].shape
+    else:
+        assert out.shape == (2, k)

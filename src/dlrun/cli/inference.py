@@ -181,17 +181,24 @@ class Model:
             raise FileError(f"{run.dir} is a pretraining phase of a stacked model (its lower "
                             f"layers are not in its params.pkl); evaluate the run directory "
                             f"above it")
-        params = run.params
+        self.variables = {"params": self._params(blank.params), **extra}
+
+    def _params(self, blank: dict) -> dict:
+        """The run's parameters (params.pkl, best_params.pkl or the newest checkpoint's), with
+        the shapes of the model run.json describes."""
+        import jax
+
+        run, params = self.run, self.run.params
         if params is None:  # --params checkpoint
             from dlrun.train.start import checkpoint_params
-            params, meta = checkpoint_params(setup, run.dir)
+            params, meta = checkpoint_params(self.setup, run.dir)
             self.checkpoint_epoch = meta.get("epoch")
         shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
-        if shapes(params) != shapes(blank.params):
+        if shapes(params) != shapes(blank):
             raise FileError(f"{run.dir / 'params.pkl'} does not hold the parameters of the model "
                             f"its run.json describes ({run.model_name}); it is damaged or from "
                             f"another dlrun version")
-        self.variables = {"params": jax.tree.map(jax.numpy.asarray, params), **extra}
+        return jax.tree.map(jax.numpy.asarray, params)
 
     def _features(self, x):
         """(B, H, W, C) float32 pixels -> the model's input (the run's transform applied)."""

@@ -231,17 +231,7 @@ def predict_main(argv: Optional[list[str]] = None) -> None:
         parser.exit(2, f"{prog}: error: --output {args.output} already exists; dlrun-predict never "
                        f"overwrites a file: give a new name\n")
     try:
-        run = load_run(args.run_dir)
-        if run.config["model"]["name"] in ("autoencoder", "rbm"):
-            raise FileError(f"{run.dir} is a model={run.model_name} run: it learnt no labels, so "
-                            f"there is nothing to predict; `dlrun-eval {run.dir}` reports its "
-                            f"reconstruction metrics")
-        names, images = read_inputs(args.images, run.data.image_shape, run.data.digits)
-        model = Model(run)
-        if model.objective != "classify":
-            raise FileError(f"{run.dir} is a model={run.model_name} run: it learnt no labels, so "
-                            f"there is nothing to predict")
-        probs = model.probabilities(images)
+        run, names, probs = classify(args.run_dir, args.images)
     except DlrunError as exc:
         parser.exit(2, f"{prog}: error: {exc}\n")
     text = render(table(names, probs, run.data.class_names, args.top), args.format,
@@ -255,6 +245,21 @@ def predict_main(argv: Optional[list[str]] = None) -> None:
     except OSError as exc:
         parser.exit(2, f"{prog}: error: cannot write {args.output} ({exc.strerror or exc})\n")
     print(f"wrote {len(names)} predictions to {args.output}")
+
+
+def classify(run_dir: str, inputs: list[str]):
+    """(the run, one name per image, class probabilities (N, K)); FileError for a run without
+    labels or unreadable inputs (checked before JAX is imported where possible)."""
+    run = load_run(run_dir)
+    no_labels = (f"{run.dir} is a model={run.model_name} run: it learnt no labels, so there is "
+                 f"nothing to predict")
+    if run.config["model"]["name"] in ("autoencoder", "rbm"):
+        raise FileError(f"{no_labels}; `dlrun-eval {run.dir}` reports its reconstruction metrics")
+    names, images = read_inputs(inputs, run.data.image_shape, run.data.digits)
+    model = Model(run)
+    if model.objective != "classify":
+        raise FileError(no_labels)
+    return run, names, model.probabilities(images)
 
 
 if __name__ == "__main__":  # python -m dlrun.cli.predict RUN_DIR IMAGES...

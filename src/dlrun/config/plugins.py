@@ -96,7 +96,8 @@ def entry_points(group: Optional[str]) -> list:
 # ---- signatures ---------------------------------------------------------------------------------
 def config_signature(obj: Callable, runtime: tuple, skip: tuple = ()) -> list[inspect.Parameter]:
     """The parameters of `obj` that come from the config, with annotations OmegaConf can check
-    (anything else becomes Any: the value is passed as given)."""
+    (anything else becomes Any: the value is passed as given). A parameter whose default is not
+    a plain value (a dtype, a function) keeps it and is not a config key."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -109,11 +110,20 @@ def config_signature(obj: Callable, runtime: tuple, skip: tuple = ()) -> list[in
     params = []
     for p in sig.parameters.values():
         if p.name in runtime or p.name in skip or p.name in NOT_CONFIG or \
-                p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not plain(p.default):
             continue
         params.append(p.replace(kind=p.POSITIONAL_OR_KEYWORD,
                                 annotation=checkable(hints.get(p.name, p.annotation))))
     return params
+
+
+def plain(value) -> bool:
+    """Whether a default can be a config value: None, a number, a string, a list of those (or
+    no default at all)."""
+    if value is inspect.Parameter.empty or value is None or isinstance(value, SIMPLE):
+        return True
+    return isinstance(value, (list, tuple)) and all(plain(v) and v is not inspect.Parameter.empty
+                                                    for v in value)
 
 
 def checkable(annotation) -> Any:

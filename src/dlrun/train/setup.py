@@ -127,11 +127,7 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
     check_top_level(cfg)
     tc = build_node("train", TrainConfig, cfg.train)
     ds = build("dataset", catalog.DATASETS, cfg.dataset)
-    data = data or ds.describe()
-    try:
-        ds.check(data)
-    except ConfigError as e:
-        raise ConfigError(f"dataset.{e}") from None
+    data = described(ds, data)
     n_train = ds.sizes(data)[0]
     if tc.batch_size == 0:  # full batch: one step per epoch on the whole training split
         tc = dataclasses.replace(tc, batch_size=n_train, drop_last=False)
@@ -165,6 +161,16 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
                  prune=prune if prune.enabled else None,
                  loggers=tracking.build_all(cfg.get("logger")), stream=stream,
                  label=f"model={cfg.model.name} optim={cfg.optim.name} dataset={cfg.dataset.name}")
+
+
+def described(ds: catalog.DataConfig, data: Optional[DataInfo]) -> DataInfo:
+    """The dataset's description (read from it unless given), checked against its config."""
+    data = data or ds.describe()
+    try:
+        ds.check(data)
+    except ConfigError as e:
+        raise ConfigError(f"dataset.{e}") from None
+    return data
 
 
 def scan_friendly(model) -> bool:
