@@ -207,3 +207,37 @@ def test_streamed_training_equals_device_resident_training(tmp_path):
     records = lambda d: [{k: v for k, v in json.loads(line).items() if "second" not in k}  # noqa: E731
                          for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert records("host") == records("device") and len(records("host")) == 2
+
+
+def test_cifar100_fine_and_coarse_labels(tmp_path):
+    x_train, y_train, x_test, y_test = sample(100, 20)
+    rows = lambda x: rgb32(x).transpose(0, 3, 1, 2).reshape(len(x), 3072)  # noqa: E731
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        fine = (y.astype(int) * 10 + np.arange(len(y)) % 10).tolist()
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": rows(x), b"fine_labels": fine,
+                                                    b"coarse_labels": y.tolist()}, protocol=2))
+    (tmp_path / "meta").write_bytes(pickle.dumps({
+        b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}, protocol=2))
+    fine = build_setup(compose("dataset=cifar100", f"dataset.data_dir={tmp_path}", "dataset.val_size=0",
+                               "train.batch_size=50"))
+    assert fine.data.num_classes == 100 and fine.data.image_shape == (32, 32, 3)
+    coarse = build_setup(compose("dataset=cifar100", f"dataset.data_dir={tmp_path}", "dataset.val_size=0",
+                                 "dataset.labels=coarse", "train.batch_size=50"))
+    assert coarse.data.num_classes == 20 and coarse.data.class_names[19] == "c19"
+    np.testing.assert_array_equal(coarse.dataset.load().y_test, y_test)
+
+
+def test_a_streamed_run_resumes_bit_for_bit(tmp_path):
+    import json
+
+    from dlrun import train
+    from dlrun.train.trainer import Context
+    common = ("train.loop=step", "model.hidden=[32]", "dataset.train_subset=600", "dataset.placement=host")
+    train.train_and_evaluate(compose(*common, "train.epochs=2"), str(tmp_path / "whole"))
+    train.train_and_evaluate(compose(*common, "train.epochs=1"), str(tmp_path / "half"))
+    train.train_and_evaluate(compose(*common, "train.epochs=2"), str(tmp_path / "half"), Context(resume=True))
+    records = lambda d: [{k: v for k, v in json.loads(line).items() if "second" not in k}  # noqa: E731
+                         for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert records("half") == records("whole")
+    assert (tmp_path / "half" / "params.pkl").read_bytes() == (tmp_path / "whole" / "params.pkl").read_bytes()

@@ -116,6 +116,15 @@ def test_cifar10_batches_train_and_evaluate(tmp_path):
     ok(command(tmp_path, "dlrun-eval", run_dir, "--split", "val", "--out", tmp_path / "v"))
     record = json.loads((tmp_path / "v" / "eval.json").read_text())
     assert record["images"] == 200
+    stopped = tmp_path / "stopped"  # a run killed before its end: summary.json never written
+    import shutil
+    shutil.copytree(run_dir, stopped)
+    (stopped / "summary.json").unlink()
+    refused(command(tmp_path, "dlrun-eval", stopped), "incomplete", "--params best or checkpoint")
+    proc = ok(command(tmp_path, "dlrun-eval", stopped, "--params", "checkpoint", "--out", tmp_path / "c"))
+    assert "newest checkpoint (epoch 1)" in proc.stdout
+    final = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert json.loads((tmp_path / "c" / "eval.json").read_text())["metrics"]["error"] == final["test_error"]
     (folder / "batches.meta").write_bytes(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
     refused(command(tmp_path, "dlrun", *args, "hydra.run.dir=refused"), "batches.meta", "nothing in it was run")
     assert not (tmp_path / "refused").exists()
