@@ -10,7 +10,7 @@ from PIL import Image
 
 from _config import compose
 from _userdata import rgb32, sample, write_cifar, write_image_folder, write_npz
-from dlrun.data import catalog, formats, splits
+from dlrun.data import formats, splits
 from dlrun.errors import ConfigError, DataError
 from dlrun.train import build_setup
 

@@ -2,7 +2,6 @@
 run directory, resumes bit for bit, sweeps, and works with dlrun-eval, dlrun-predict and
 dlrun-export; a model from the user's file and a plugin package's components train too."""
 import json
-import os
 import subprocess
 import sys
 import venv
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _userdata import rgb32, sample, write_cifar, write_image_folder, write_npz, write_plugin
+from _userdata import write_cifar, write_image_folder, write_npz, write_plugin
 from conftest import dlrun_env, run_dirs
 
 BIN = Path(sys.executable).parent

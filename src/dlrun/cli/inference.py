@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from dlrun import __version__
 from dlrun.runs.checkpoints import FORMAT, read_run_info
 from dlrun.errors import ConfigError, FileError
 from dlrun.runs.atomic import load_arrays
+
+if TYPE_CHECKING:
+    from dlrun.data.arrays import DataInfo
 
 BOX = 20  # MNIST's digits fit in a 20x20 box, centred by mass in 28x28
 SPLITS = ("test", "val", "train")

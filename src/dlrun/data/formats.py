@@ -236,7 +236,6 @@ def _list_images(root: Path) -> dict[str, dict[str, list[Path]]]:
 
 def _common_size(files: list[Path]) -> tuple[int, int]:
     """The most common (height, width) among the images (read from their headers only)."""
-    from PIL import Image
     sizes = Counter()
     for p in files:
         with _open_image(p) as im:
