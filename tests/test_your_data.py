@@ -1,6 +1,7 @@
 """The users' own data and models from the command line: each new source trains, writes the usual
 run directory, resumes bit for bit, sweeps, and works with dlrun-eval, dlrun-predict and
-dlrun-export; a model from the user's file and a plugin package's components train too."""
+dlrun-export; a model from the user's file and a plugin package's components train too. The npz
+test is `make test`'s smoke test of the whole chain; the others are in the slow set."""
 import json
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_npz_of_100_classes_trains_resumes_evaluates_predicts_and_exports(tmp_pa
     assert [int(v) for v in fresh.stdout.split()] == [r["label"] for r in rows[:20]]
 
 
+@pytest.mark.slow  # dlrun's commands as subprocesses: the slow set (.ci/run)
 def test_image_folder_trains_sweeps_and_predicts_a_folder(tmp_path):
     root = write_image_folder(tmp_path / "photos", n_train=300, n_test=100)
     args = ("dataset=image_folder", f"dataset.root={root}", "dataset.image_size=[28,28]", *SMALL,
@@ -104,6 +106,7 @@ def test_image_folder_trains_sweeps_and_predicts_a_folder(tmp_path):
     assert sum(line.split(",")[2] == "seven" for line in lines[1:]) >= len(lines[1:]) // 2
 
 
+@pytest.mark.slow  # dlrun's commands as subprocesses: the slow set (.ci/run)
 def test_cifar10_batches_train_and_evaluate(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     args = ("dataset=cifar10", f"dataset.data_dir={folder}", "dataset.val_size=200", "model=cnn",
@@ -129,6 +132,7 @@ def test_cifar10_batches_train_and_evaluate(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow  # dlrun's commands as subprocesses: the slow set (.ci/run)
 def test_a_model_from_the_users_file_and_an_optax_optimizer(tmp_path):
     env = {**dlrun_env(tmp_path), "PYTHONPATH": str(EXAMPLES)}
     ok(subprocess.run([sys.executable, EXAMPLES / "make_arrays.py", tmp_path / "mine.npz"],
@@ -157,6 +161,7 @@ def test_a_model_from_the_users_file_and_an_optax_optimizer(tmp_path):
     assert sorted((tmp_path / "outputs").rglob("*")) == before  # refused: nothing written
 
 
+@pytest.mark.slow  # dlrun's commands as subprocesses: the slow set (.ci/run)
 def test_a_plugin_package_adds_a_model_and_a_dataset_through_entry_points(tmp_path):
     """pip install of a package into a fresh virtual environment (which sees this one's
     packages through a .pth file): `dlrun model=tiny_mlp dataset=tiny_digits` then trains."""
