@@ -78,6 +78,14 @@ def placed(setup: Setup, arrays: tuple, order_fn: Callable) -> tuple[Callable, t
     return jit, distributed.replicate(mesh, arrays), lambda e: distributed.shard_batch(mesh, order_fn(e))
 
 
+def abstract_state(setup: Setup) -> TrainState:
+    """The shapes and dtypes of the training state (one per copy with train.num_seeds > 1),
+    what the epoch is compiled ahead of time for."""
+    key = jax.random.key(0)
+    return jax.eval_shape(lambda: init_states(
+        setup, jax.random.split(key, setup.copies) if setup.copies > 1 else key))
+
+
 def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) -> tuple[Callable, float]:
     """Compile the epoch for the chosen loop form; return (run_epoch, compile_s).
 
@@ -101,10 +109,8 @@ def make_epoch_runner(setup: Setup, split: data_splits.Split, key: jax.Array) ->
     mesh = setup.mesh
     jit, (x, y, dropout_key), order_fn = placed(setup, (split.x, split.y, dropout_key), order_fn)
     idx0, w0 = order_fn(0)
-    key0 = jax.random.key(0)
-    state0 = jax.eval_shape(lambda: init_states(setup, jax.random.split(key0, setup.copies)
-                                                if batched else key0))
-    args = [state0, epoch_acc(setup, setup.copies if batched else None), x, y, idx0, w0, dropout_key]
+    args = [abstract_state(setup), epoch_acc(setup, setup.copies if batched else None), x, y,
+            idx0, w0, dropout_key]
     if setup.loop == "step":
         args.append(np.int32(0))
     compiled = jit(fn).lower(*args).compile()
@@ -142,12 +148,11 @@ def make_stream_runner(setup: Setup, split: data_splits.Split, key: jax.Array) -
     batch = setup.train.batch_size
     local = jnp.arange(batch, dtype=jnp.int32)
     t0 = time.perf_counter()
-    state0 = jax.eval_shape(lambda: init_states(setup, jax.random.key(0)))
     xb = jax.ShapeDtypeStruct((batch, *split.x.shape[1:]), split.x.dtype)
     yb = jax.ShapeDtypeStruct((batch,), jnp.int32)
     w0 = jax.ShapeDtypeStruct((batch,), jnp.float32)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        state0, epoch_acc(setup, None), xb, yb, local, w0, dropout_key).compile()
+        abstract_state(setup), epoch_acc(setup, None), xb, yb, local, w0, dropout_key).compile()
     compile_s = time.perf_counter() - t0
 
     def run_epoch(state: TrainState, epoch: int, acc=None, start: int = 0,
