@@ -184,7 +184,7 @@ class Model:
             raise FileError(f"{run.dir} is a pretraining phase of a stacked model (its lower "
                             f"layers are not in its params.pkl); evaluate the run directory "
                             f"above it")
-        self.variables = {"params": self._params(blank.params), **extra}
+        self.variables = train.loaded_variables(blank, self._params(train.saved_params(blank)))
 
     def _params(self, blank: dict) -> dict:
         """The run's parameters (params.pkl, best_params.pkl or the newest checkpoint's), with

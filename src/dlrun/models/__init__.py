@@ -8,8 +8,9 @@ Dropout rates are model arguments (they come from `regularizer=dropout`, see reg
 and act only when `train=True`; 'sample' feeds the autoencoders' corruption and the RBMs' Gibbs
 chains. `variables` holds 'params' (a plain nested dict: {'hidden_0': {'kernel', 'bias'}, ...})
 and, for some models, other collections carried in the training state but never trained:
-'frozen' (pretrained layers under the one being trained, set by sda/dbn) and 'chains' (PCD's
-persistent Gibbs chains, updated by every step: the class's `mutable`).
+'frozen' (pretrained layers under the one being trained, set by sda/dbn), 'chains' (PCD's
+persistent Gibbs chains) and 'batch_stats' (BatchNorm's running statistics, vgg/resnet); the
+last two are updated by every training step (the class's `mutable`).
 
 Two models are not trained by gradient steps alone: `knn` memorises the training split
 (NearestNeighbours), and `sda`/`dbn` are classifiers preceded by greedy layer-wise pretraining
@@ -22,17 +23,19 @@ from dlrun.models.classifiers import ConvNet, cnn, lenet, logreg, mlp
 from dlrun.models.conv import Conv, conv_matmul, conv_shift, conv_shift_matmul, conv_xla, max_pool_ceil
 from dlrun.models.knn import NearestNeighbours, knn
 from dlrun.models.layers import ACTIVATIONS, INITS, Dense, DenseLayer, kernel_init
+from dlrun.models.modern import ConvStack, resnet, vgg
 from dlrun.models.recurrent import Recurrent, lstm, rnn
 from dlrun.models.stacks import PRETRAINING, dbn, pretraining_phases, pretraining_settings, sda
 from dlrun.models.unsupervised import RBM, Autoencoder, autoencoder, free_energy, rbm
 
 MODELS: dict[str, Callable] = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "lenet": lenet,
+                               "vgg": vgg, "resnet": resnet,
                                "rnn": rnn, "lstm": lstm, "autoencoder": autoencoder, "rbm": rbm,
                                "sda": sda, "dbn": dbn, "knn": knn,
                                "custom": Custom("model")}  # model.target=MODULE:ATTR (plugins)
 
-__all__ = ["ACTIVATIONS", "INITS", "MODELS", "PRETRAINING", "RBM", "Autoencoder", "Conv", "ConvNet",
+__all__ = ["ACTIVATIONS", "INITS", "MODELS", "PRETRAINING", "RBM", "Autoencoder", "Conv", "ConvNet", "ConvStack",
            "Dense", "DenseLayer", "NearestNeighbours", "Recurrent", "autoencoder", "cnn",
            "conv_matmul", "conv_shift", "conv_shift_matmul", "conv_xla", "dbn", "free_energy",
            "kernel_init", "knn", "lenet", "logreg", "lstm", "max_pool_ceil", "mlp",
-           "pretraining_phases", "pretraining_settings", "rbm", "rnn", "sda"]
+           "pretraining_phases", "pretraining_settings", "rbm", "resnet", "rnn", "sda", "vgg"]

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 from dlrun.config.registry import require
 
 
-ACTIVATIONS: dict[str, Callable] = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
+ACTIVATIONS: dict[str, Callable] = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu,
+                                    "gelu": nn.gelu}
 
 
-INITS = ("normal", "glorot", "zeros")
+INITS = ("normal", "glorot", "he", "zeros")
 
 
 RECON_LOSSES = ("cross_entropy", "squared")
@@ -24,8 +25,11 @@ def kernel_init(init: str, std: float, activation: str) -> Callable:
     normal: N(0, std^2), the seed notebook's `randn * 0.01`.
     glorot: Uniform(-a, a), a = sqrt(6 / (fan_in + fan_out)); 4a for sigmoid units (the slides,
             after Glorot & Bengio 2010). For convolutions fans count the receptive field.
+    he:     N(0, 2 / fan_in), truncated (He et al. 2015), for ReLU/GELU nets with normalisation.
     zeros:  all zeros (the slides' logistic regression).
     """
+    if init == "he":
+        return nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
     if init == "normal":
         return nn.initializers.normal(stddev=std)
     if init == "glorot":

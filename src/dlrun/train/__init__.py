@@ -19,12 +19,12 @@ from dlrun.train.epoch import epoch_order, make_epoch_runner
 from dlrun.train.evaluate import TrainingDiverged, make_evaluator
 from dlrun.train.setup import Setup, attach_runtime, build_setup, steps_per_epoch
 from dlrun.train.start import Start, fresh_start
-from dlrun.train.state import (TrainState, count_params, init_state, init_states, model_variables,
-                               run_keys)
+from dlrun.train.state import (TrainState, count_params, init_state, init_states, loaded_variables,
+                               model_variables, run_keys, saved_params)
 from dlrun.train.step import epoch_acc, make_train_step
 from dlrun.train.trainer import Context, train_and_evaluate
 
 __all__ = ["Context", "Setup", "Start", "TrainState", "TrainingDiverged", "attach_runtime",
            "build_setup", "count_params", "epoch_acc", "epoch_order", "fresh_start", "init_state",
            "init_states", "make_epoch_runner", "make_evaluator", "make_train_step",
-           "model_variables", "run_keys", "steps_per_epoch", "train_and_evaluate"]
+           "loaded_variables", "model_variables", "run_keys", "saved_params", "steps_per_epoch", "train_and_evaluate"]

@@ -25,7 +25,7 @@ from dlrun.train.actions.stopping import EarlyStopping, Pruning, StopSignal
 from dlrun.train.epoch import make_epoch_runner
 from dlrun.train.evaluate import TrainingDiverged, epoch_records, make_evaluator
 from dlrun.train.pictures import pictures
-from dlrun.train.state import copy_of, count_params
+from dlrun.train.state import copy_of, count_params, model_variables, saved_params
 from dlrun.train.summary import make_summary, summarize_copies
 
 log = logging.getLogger("dlrun")
@@ -120,7 +120,7 @@ def finish(loop: Loop, cfg, writers: list[RunWriter], times: tuple, n_params: in
     setup, progress, n = loop.setup, loop.progress, loop.setup.copies
     summaries = []
     for i in range(n):
-        final_params = jax.device_get(copy_of(loop.state.params, i, n))
+        final_params = jax.device_get(copy_of(saved_params(loop.state), i, n))
         best_i = copy_of(loop.best_params, i, n) if progress.best[i] else final_params
         restore_best = setup.stopper is not None and progress.best[i] is not None
         writers[i].save_params(layout.PARAMS, best_i if restore_best else final_params)
@@ -151,7 +151,7 @@ def finish(loop: Loop, cfg, writers: list[RunWriter], times: tuple, n_params: in
     if cfg.get("plots", True) and distributed.is_primary():
         for i, writer in enumerate(writers):
             pictures(setup, writer.dir, progress.history[i],
-                     {"params": copy_of(loop.state.params, i, n), **copy_of(loop.state.extra, i, n)},
+                     copy_of(model_variables(loop.state), i, n),
                      loop.splits["test"], setup.seeds[i])
     log.info(format_end(summary))
     return summary

@@ -13,7 +13,8 @@ from dlrun.config.identity import config_diff, config_hash
 from dlrun.runs.checkpoints import Checkpoints, Progress, host_copy
 from dlrun.runtime import distributed
 from dlrun.train.setup import Setup
-from dlrun.train.state import TrainState, fresh_buffers, init_states, model_variables, run_keys
+from dlrun.train.state import (TrainState, fresh_buffers, init_states, model_variables, run_keys,
+                               saved_params)
 from dlrun.train.step import epoch_acc, sums_from_array, sums_to_array
 
 
@@ -33,7 +34,7 @@ def fresh_start(setup: Setup, init_from: Optional[dict] = None) -> Start:
     state = init_states(setup, init_key)
     if init_from:
         state = with_layers(setup, state, init_from)
-    return Start(state, train_key, None, host_copy(state.params), Progress(setup.copies))
+    return Start(state, train_key, None, host_copy(saved_params(state)), Progress(setup.copies))
 
 
 def checkpoint_params(setup: Setup, run_dir: Path) -> tuple[dict, dict]:
@@ -52,7 +53,7 @@ def checkpoint_params(setup: Setup, run_dir: Path) -> tuple[dict, dict]:
                                           "best_params": blank.best_params})
     finally:
         checkpoints.close()
-    return tree["state"].params, meta
+    return saved_params(tree["state"]), meta
 
 
 def with_layers(setup: Setup, state: TrainState, layers: dict) -> TrainState:

@@ -15,7 +15,12 @@ class TrainState(NamedTuple):
     params: dict
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: optimizer steps taken
-    extra: dict = {}  # the model's other variable collections ('frozen', 'chains'; see dlrun.models)
+    extra: dict = {}  # the model's other variable collections ('frozen', 'chains', 'batch_stats';
+    #                   see dlrun.models) and AVERAGE, the averaged weights (dlrun.optim.averaging)
+
+
+INFERENCE = ("batch_stats",)  # collections evaluation needs besides the weights: params.pkl keeps them
+AVERAGE = "average"  # state.extra key of the averaged weights (averaging=ema|lookahead)
 
 
 def init_state(setup: Setup, key: jax.Array) -> TrainState:
@@ -50,9 +55,35 @@ def fresh_buffers(tree):
     return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
 
 
+def train_variables(params: dict, extra: dict) -> dict:
+    """What model.apply takes in a training step: the trained weights and the collections."""
+    return {"params": params, **{k: v for k, v in extra.items() if k != AVERAGE}}
+
+
 def model_variables(state: TrainState) -> dict:
-    """What model.apply takes: the parameters and the model's other collections."""
-    return {"params": state.params, **state.extra}
+    """What evaluation, the pictures and params.pkl use: the averaged weights where
+    averaging keeps them (else the trained ones) and the model's other collections."""
+    variables = train_variables(state.params, state.extra)
+    if AVERAGE in state.extra:
+        variables["params"] = state.extra[AVERAGE]
+    return variables
+
+
+def saved_params(state: TrainState) -> dict:
+    """What params.pkl and best_params.pkl hold: the evaluated weights, a plain tree, or with
+    BatchNorm {'params': weights, 'batch_stats': running statistics} (what inference needs)."""
+    variables = model_variables(state)
+    kept = {k: variables[k] for k in INFERENCE if k in variables}
+    return {"params": variables["params"], **kept} if kept else variables["params"]
+
+
+def loaded_variables(blank: TrainState, saved: dict) -> dict:
+    """saved_params' inverse: model.apply's variables from a params.pkl, the other collections
+    (a stacked model's 'frozen' layers, PCD's chains) taken from `blank`."""
+    variables = model_variables(blank)
+    if any(k in variables for k in INFERENCE):
+        return {**variables, **saved}
+    return {**variables, "params": saved}
 
 
 def copy_of(tree, i: int, copies: int):

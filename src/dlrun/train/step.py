@@ -16,7 +16,7 @@ import optax
 from dlrun.data import preprocess
 from dlrun.data import splits as data_splits
 from dlrun.train.setup import Setup
-from dlrun.train.state import TrainState
+from dlrun.train.state import TrainState, train_variables
 
 NO_STEP = float(2**31)  # first_nonfinite_step while every step was finite
 
@@ -114,7 +114,7 @@ def make_loss(setup: Setup) -> Callable:
     mutable = list(getattr(model, "mutable", ()))
 
     def loss_fn(params, extra, xb, yb, w, rngs):
-        variables = {"params": params, **extra}
+        variables = train_variables(params, extra)
         if mutable:
             out, updated = model.apply(variables, xb, train=True, rngs=rngs, mutable=mutable)
         else:

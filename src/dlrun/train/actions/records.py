@@ -6,7 +6,7 @@ from dlrun.runs import tracking
 from dlrun.runs.console import format_record
 from dlrun.runs.writer import RunWriter
 from dlrun.train.actions import Loop
-from dlrun.train.state import copy_of, set_copy
+from dlrun.train.state import copy_of, saved_params, set_copy
 
 log = logging.getLogger("dlrun")
 
@@ -56,4 +56,4 @@ class BestEpoch:
             best = loop.progress.best[i]
             if record.get(select) is not None and (best is None or record[select] < best[select]):
                 loop.progress.best[i] = record
-                loop.best_params = set_copy(loop.best_params, i, n, copy_of(loop.state.params, i, n))
+                loop.best_params = set_copy(loop.best_params, i, n, copy_of(saved_params(loop.state), i, n))
