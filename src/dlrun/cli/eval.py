@@ -32,15 +32,13 @@ def evaluate(model: Model, dataset: str, split: str) -> tuple[dict, Optional[np.
     data = loaded[split]
     labels = data_splits.host_labels(data)
     if model.objective != "classify":
-        evaluator = train.make_evaluator(model.model, model.setup.train.eval_batch_size,
-                                         transform=model.setup.transform)
+        evaluator = train.setup_evaluator(model.setup)
         metrics = {k: float(v) for k, v in evaluator(model.variables, data).items()}
         return metrics, None, data.n
     if model.knn:
         metrics = {}
     else:
-        evaluator = train.make_evaluator(model.model, model.setup.train.eval_batch_size,
-                                         transform=model.setup.transform)
+        evaluator = train.setup_evaluator(model.setup)
         metrics = {k: float(v) for k, v in evaluator(model.variables, data).items()}
     batch = 10_000  # images on the host at a time (a streamed split may not fit in memory)
     predicted = np.concatenate([np.argmax(model.probabilities(data_splits.host_images(

@@ -53,7 +53,7 @@ def export_model(model: Model):
         variables = model.variables
 
         def probabilities(x):
-            return jax.nn.softmax(model.model.apply(variables, model._features(x), train=False), -1)
+            return jax.nn.softmax(model.logits(variables, x), -1)
 
     batch = jax.export.symbolic_shape("b")[0]
     spec = jax.ShapeDtypeStruct((batch, h, w, c), jnp.float32)

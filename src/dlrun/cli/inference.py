@@ -207,6 +207,14 @@ class Model:
         """(B, H, W, C) float32 pixels -> the model's input (the run's transform applied)."""
         return x if self.setup.transform is None else self.setup.transform(x)
 
+    def logits(self, variables: dict, x):
+        """The model's logits for pixels x, in eval mode, with the run's test-time augmentation
+        (train.tta) and transform."""
+        from dlrun import train
+        from dlrun.train.evaluate import model_input
+        return train.eval_output(model_input(self.model, self.setup.transform), variables, x,
+                                 self.setup.train.tta)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 in [0, 1], the run's input shape -> (N, classes) class
         probabilities (knn: neighbour votes)."""
@@ -224,8 +232,7 @@ class Model:
                 *args, self._features(q).reshape(q.shape[0], -1)), k))
             args = (memory_x, memory_y)
         else:
-            fn = jax.jit(lambda variables, q: jax.nn.softmax(self.model.apply(
-                variables, self._features(q), train=False), -1))
+            fn = jax.jit(lambda variables, q: jax.nn.softmax(self.logits(variables, q), -1))
             args = self.variables
         x = np.asarray(images, np.float32)
         return np.concatenate([np.asarray(fn(args, jnp.asarray(x[s:s + batch])))

@@ -46,6 +46,7 @@ class DataConfig:
     max_scale: float = 0.1
     elastic_alpha: float = 34.0
     elastic_sigma: float = 4.0
+    crop_pad: int = 2
     placement: str = "auto"
     device_budget_mb: float = 4096.0
     name: str = field(kw_only=True)
@@ -59,6 +60,7 @@ class DataConfig:
         bad = [a for a in self.augment if a not in AUGMENT]
         require(not bad, f"augment takes a list of {', '.join(AUGMENT)} (got {list(self.augment)}), "
                          f"e.g. dataset.augment=[shift,scale]")
+        require(self.crop_pad >= 0, f"crop_pad must be >= 0 pixels (got {self.crop_pad})")
         require(0 <= self.max_shift and 0 <= self.max_scale < 1 and self.elastic_alpha >= 0
                 and self.elastic_sigma > 0, "need max_shift >= 0 pixels, max_scale in [0, 1), "
                                             "elastic_alpha >= 0 and elastic_sigma > 0")

@@ -31,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
+from dlrun.data.views import VIEW_AUGMENT
 from dlrun.runs.atomic import atomic_write_bytes
 
 PREPROCESS = ("none", "standardize", "pca", "zca")
-AUGMENT = ("shift", "scale", "elastic")
+WARPS = ("shift", "scale", "elastic")  # interpolated: augment() below
+AUGMENT = WARPS + VIEW_AUGMENT  # and the exact views of dlrun.data.views
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,31 @@ def _contrastive_divergence(model, out: dict, y: jax.Array):
     return out["surrogate"], jnp.stack([xent, sq / out["target"].shape[-1], out["pseudo_ll"]])
 
 
+def classify(label_smoothing: float = 0.0, top_k: int = 0) -> Objective:
+    """The classification objective with train.label_smoothing (the loss is the cross-entropy
+    against (1 - s) * one_hot + s / K; the reported loss is that loss) and train.top_k (adds the
+    metric top<k>_error: 1 where the label is not among the k largest logits)."""
+    if not label_smoothing and not top_k:
+        return OBJECTIVES["classify"]
+
+    def per_example(model, logits, y):
+        labels = jnp.maximum(y, 0)
+        loss, metrics = _classify(model, logits, y)
+        if label_smoothing:
+            soft = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, soft)
+            metrics = metrics.at[0].set(loss)
+        if top_k:
+            label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+            above = jnp.sum(logits > label_logit, axis=-1)  # classes ranked above the label
+            metrics = jnp.concatenate([metrics, (above >= top_k).astype(jnp.float32)[None]])
+        return loss, metrics
+
+    top = (f"top{top_k}_error",) if top_k else ()
+    return Objective("classify", ("loss", "error", *top), "error", per_example,
+                     percent=("error", *top))
+
+
 OBJECTIVES: dict[str, Objective] = {
     "classify": Objective("classify", ("loss", "error"), "error", _classify, percent=("error",)),
     "reconstruct": Objective("reconstruct", ("loss", "mse"), "loss", _reconstruct),
@@ -69,6 +94,8 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-def of(model) -> Objective:
-    """The objective a model is trained by (classification unless its class says otherwise)."""
-    return OBJECTIVES[getattr(model, "objective", "classify")]
+def of(model, label_smoothing: float = 0.0, top_k: int = 0) -> Objective:
+    """The objective a model is trained by (classification unless its class says otherwise;
+    label_smoothing and top_k apply to classification)."""
+    name = getattr(model, "objective", "classify")
+    return classify(label_smoothing, top_k) if name == "classify" else OBJECTIVES[name]

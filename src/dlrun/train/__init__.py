@@ -16,7 +16,7 @@ Reading order, one module per stage:
   summary.py   summary.json, for every trainer
 """
 from dlrun.train.epoch import epoch_order, make_epoch_runner
-from dlrun.train.evaluate import TrainingDiverged, make_evaluator
+from dlrun.train.evaluate import TrainingDiverged, eval_output, make_evaluator, setup_evaluator
 from dlrun.train.setup import Setup, attach_runtime, build_setup, steps_per_epoch
 from dlrun.train.start import Start, fresh_start
 from dlrun.train.state import (TrainState, count_params, init_state, init_states, loaded_variables,
@@ -26,5 +26,5 @@ from dlrun.train.trainer import Context, train_and_evaluate
 
 __all__ = ["Context", "Setup", "Start", "TrainState", "TrainingDiverged", "attach_runtime",
            "build_setup", "count_params", "epoch_acc", "epoch_order", "fresh_start", "init_state",
-           "init_states", "make_epoch_runner", "make_evaluator", "make_train_step",
+           "init_states", "make_epoch_runner", "make_evaluator", "make_train_step", "setup_evaluator", "eval_output",
            "loaded_variables", "model_variables", "run_keys", "saved_params", "steps_per_epoch", "train_and_evaluate"]

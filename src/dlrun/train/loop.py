@@ -23,7 +23,7 @@ from dlrun.train.actions.evaluation import Evaluation
 from dlrun.train.actions.records import BestEpoch, Console, MetricsFile, Trackers
 from dlrun.train.actions.stopping import EarlyStopping, Pruning, StopSignal
 from dlrun.train.epoch import make_epoch_runner
-from dlrun.train.evaluate import TrainingDiverged, epoch_records, make_evaluator
+from dlrun.train.evaluate import TrainingDiverged, epoch_records, setup_evaluator
 from dlrun.train.pictures import pictures
 from dlrun.train.state import copy_of, count_params, model_variables, saved_params
 from dlrun.train.summary import make_summary, summarize_copies
@@ -58,8 +58,7 @@ def run_training(loop: Loop, cfg, checkpoints: Checkpoints, started_at: float, h
 
 def epoch_actions(loop: Loop, cfg, writers, sinks, saver, peers_dir) -> tuple:
     """What runs after every epoch, in this order."""
-    evaluate = make_evaluator(loop.setup.model, loop.setup.train.eval_batch_size,
-                              loop.setup.copies, loop.setup.transform)
+    evaluate = setup_evaluator(loop.setup, loop.setup.copies)
     return (Evaluation(evaluate), MetricsFile(writers), Trackers(sinks), Console(), BestEpoch(),
             Pruning(peers_dir), EarlyStopping((cfg.get("early_stopping") or {}).get("name", "none")),
             StopSignal(), saver)

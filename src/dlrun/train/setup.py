@@ -16,22 +16,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun import models, optim
 from dlrun.config.registry import build, build_node, require, setattrs
-from dlrun.data import catalog, preprocess
+from dlrun.data import catalog, preprocess, views
 from dlrun.data import splits as data_splits
 from dlrun.data.arrays import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models import objectives
 from dlrun.optim import regularizers
+from dlrun.optim.averaging import AVERAGINGS, Averaging
 from dlrun.runs import layout, tracking
 from dlrun.runs.checkpoints import CheckpointConfig
 from dlrun.runtime import distributed
 from dlrun.sweeps import pruning
 from dlrun.train import early_stopping
 
+PRECISIONS = ("float32", "bfloat16")  # train.precision: the step's compute dtype (dlrun.train.step)
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
-                  "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger")
+                  "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger",
+                  "averaging")
 OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist",
-                 "progress", "logger")  # defaults when absent
+                 "progress", "logger", "averaging")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class TrainConfig:
     lrs: List[float] = ()
     scan_unroll: int = 4
     nan_policy: str = "raise"
+    label_smoothing: float = 0.0
+    top_k: int = 0
+    tta: str = "none"
+    precision: str = "float32"
 
     def __post_init__(self):
         setattrs(self, lrs=tuple(self.lrs))
@@ -74,6 +81,12 @@ class TrainConfig:
         require(self.scan_unroll >= 1, f"scan_unroll must be >= 1 (got {self.scan_unroll})")
         require(self.nan_policy in ("raise", "skip"),
                 f"nan_policy must be raise or skip (got '{self.nan_policy}')")
+        require(0 <= self.label_smoothing < 1,
+                f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        require(self.top_k >= 0, f"top_k must be >= 0 (0 = no top-k metric; got {self.top_k})")
+        require(self.tta in views.TTA, f"tta must be one of {', '.join(views.TTA)} (got '{self.tta}')")
+        require(self.precision in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)} (got '{self.precision}')")
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class Setup:
     loggers: tuple = ()  # dlrun.runs.tracking.LoggerSpec of each selected logger (logger=[...])
     stream: bool = False  # the splits stay on the host; batches are copied to the device
     label: str = ""  # "model=.. optim=.. dataset=..": what the pictures' titles name
+    averaging: Optional[Averaging] = None  # averaged weights for evaluation (None: off)
 
     @property
     def copies(self) -> int:
@@ -156,10 +170,12 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
     phases = tuple(models.pretraining_phases(OmegaConf.to_container(cfg.model, resolve=True)))
     check_combinations(cfg, ds, data, tc, model, stopper, prune, phases)
     check_stream(stream, loop, tc, model, phases, full_batch)
+    check_recipe(ds, data, tc, model, stream)
     return Setup(model, tx, lr_schedule, reg, ds, data, tc, loop, steps, lr_scales(cfg, tc), ck,
-                 stopper, objectives.of(model), phases, full_batch,
+                 stopper, objectives.of(model, tc.label_smoothing, tc.top_k), phases, full_batch,
                  prune=prune if prune.enabled else None,
                  loggers=tracking.build_all(cfg.get("logger")), stream=stream,
+                 averaging=build("averaging", AVERAGINGS, cfg.get("averaging") or {"name": "none"}),
                  label=f"model={cfg.model.name} optim={cfg.optim.name} dataset={cfg.dataset.name}")
 
 
@@ -191,6 +207,20 @@ def check_stream(stream: bool, loop: str, tc: TrainConfig, model, phases, full_b
             "dataset.device_budget_mb) trains one model by minibatch steps: not train.num_seeds "
             "> 1, pretraining (sda, dbn), full-batch optimizers or knn; raise "
             "dataset.device_budget_mb or use placement=device")
+
+
+def check_recipe(ds: catalog.DataConfig, data: DataInfo, tc: TrainConfig, model, stream: bool) -> None:
+    """The classification options (label smoothing, top-k, test-time augmentation) and the
+    alternating flips, where they apply."""
+    classifier = objectives.of(model).name == "classify" and not isinstance(model, models.NearestNeighbours)
+    require(classifier or not (tc.label_smoothing or tc.top_k or tc.tta != "none"),
+            "train.label_smoothing, train.top_k and train.tta apply to classifiers trained by "
+            "gradient steps (not knn, autoencoders or RBMs)")
+    require(tc.top_k < data.num_classes,
+            f"train.top_k must be smaller than the {data.num_classes} classes (got {tc.top_k})")
+    require(not (stream and "flip_alternate" in ds.augment),
+            "dataset.augment=[flip_alternate] needs the split on the device (it flips each "
+            "example by its row); use flip, or dataset.placement=device")
 
 
 def check_top_level(cfg: DictConfig) -> None:

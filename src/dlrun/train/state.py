@@ -29,6 +29,8 @@ def init_state(setup: Setup, key: jax.Array) -> TrainState:
         x = setup.transform(x)
     variables = dict(setup.model.init({"params": key, "sample": key, "dropout": key}, x, train=False))
     params = variables.pop("params")
+    if setup.averaging is not None:
+        variables[AVERAGE] = fresh_buffers(params)  # its own buffers: the step donates both
     return TrainState(params, fresh_buffers(setup.tx.init(params)), jnp.zeros((), jnp.int32), variables)
 
 

@@ -15,8 +15,9 @@ import optax
 
 from dlrun.data import preprocess
 from dlrun.data import splits as data_splits
+from dlrun.data import views
 from dlrun.train.setup import Setup
-from dlrun.train.state import TrainState, train_variables
+from dlrun.train.state import AVERAGE, TrainState, train_variables
 
 NO_STEP = float(2**31)  # first_nonfinite_step while every step was finite
 
@@ -66,7 +67,9 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
 
     def step(state: TrainState, acc, x, y, idx, w, key):
         step_key = jax.random.fold_in(key, state.step)
-        xb, yb = batch_inputs(setup, x[idx], step_key), y[idx]
+        epoch = state.step // setup.steps_per_epoch
+        xb = batch_inputs(setup, x[idx], step_key, key, idx, x.shape[0], epoch)
+        yb = y[idx]
         rngs = {"dropout": step_key, "sample": jax.random.fold_in(step_key, 1)}
         grad_fn = jax.value_and_grad(lambda p: loss_fn(p, state.extra, xb, yb, w, rngs), has_aux=True)
         (loss, (sums, updated)), grads = grad_fn(state.params)
@@ -79,6 +82,9 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
         if scale is not None:
             updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
+        if setup.averaging is not None:
+            average, params = setup.averaging.update(state.extra[AVERAGE], params, state.step + 1)
+            updated = {**updated, AVERAGE: average}
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -96,14 +102,19 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
     return step
 
 
-def batch_inputs(setup: Setup, x: jax.Array, step_key: jax.Array) -> jax.Array:
-    """A batch of uint8 images -> the model's input: pixels in [0, 1], augmented on the device
-    (dataset.augment) and transformed (dataset.preprocess) as configured."""
+def batch_inputs(setup: Setup, x: jax.Array, step_key: jax.Array, run_key: jax.Array,
+                 rows: jax.Array, n: int, epoch: jax.Array) -> jax.Array:
+    """A batch of uint8 images (rows: their indices into the split of n) -> the model's input:
+    pixels in [0, 1], augmented on the device (dataset.augment: warps, then crops and flips)
+    and transformed (dataset.preprocess) as configured."""
     ds = setup.dataset
     xb = data_splits.pixels(x)
-    if ds.augment:
+    if set(ds.augment) & set(preprocess.WARPS):
         xb = preprocess.augment(xb, jax.random.fold_in(step_key, 2), ds.augment, ds.max_shift,
                                 ds.max_scale, ds.elastic_alpha, ds.elastic_sigma)
+    if set(ds.augment) & set(views.VIEW_AUGMENT):
+        xb = views.training_views(xb, ds.augment, ds.crop_pad, step_key,
+                                  jax.random.fold_in(run_key, 5), rows, n, epoch)
     return xb if setup.transform is None else setup.transform(xb)
 
 
@@ -113,12 +124,18 @@ def make_loss(setup: Setup) -> Callable:
     model, penalty, objective = setup.model, setup.reg.penalty, setup.objective
     mutable = list(getattr(model, "mutable", ()))
 
+    half = setup.train.precision == "bfloat16"
+
     def loss_fn(params, extra, xb, yb, w, rngs):
+        if half:  # mixed precision: bfloat16 compute, float32 master weights and loss
+            params, xb = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params), xb.astype(jnp.bfloat16)
         variables = train_variables(params, extra)
         if mutable:
             out, updated = model.apply(variables, xb, train=True, rngs=rngs, mutable=mutable)
         else:
             out, updated = model.apply(variables, xb, train=True, rngs=rngs), {}
+        if half:
+            out = jax.tree.map(lambda o: o.astype(jnp.float32), out)
         loss, metrics = objective.per_example(model, out, yb)  # (B,), (K, B)
         return jnp.sum(w * loss) / jnp.sum(w) + penalty(params), (metrics @ w, updated)
 
