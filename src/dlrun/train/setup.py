@@ -32,9 +32,9 @@ from dlrun.train import early_stopping
 PRECISIONS = ("float32", "bfloat16")  # train.precision: the step's compute dtype (dlrun.train.step)
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
                   "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger",
-                  "averaging")
+                  "averaging", "param_groups")
 OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist",
-                 "progress", "logger", "averaging")  # defaults when absent
+                 "progress", "logger", "averaging", "param_groups")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class TrainConfig:
     top_k: int = 0
     tta: str = "none"
     precision: str = "float32"
+    clip_norm: float = 0.0
 
     def __post_init__(self):
         setattrs(self, lrs=tuple(self.lrs))
@@ -85,6 +86,7 @@ class TrainConfig:
                 f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
         require(self.top_k >= 0, f"top_k must be >= 0 (0 = no top-k metric; got {self.top_k})")
         require(self.tta in views.TTA, f"tta must be one of {', '.join(views.TTA)} (got '{self.tta}')")
+        require(self.clip_norm >= 0, f"clip_norm must be >= 0 (0 = off; got {self.clip_norm})")
         require(self.precision in PRECISIONS,
                 f"precision must be one of {', '.join(PRECISIONS)} (got '{self.precision}')")
 
@@ -160,7 +162,10 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
                   total_steps=steps * tc.epochs)
     base = build("optim", optim.OPTIMIZERS, cfg.optim, schedule=lr_of)
     lr_schedule = lr_of(float(cfg.optim.lr))
-    tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule)
+    param_groups = optim.groups.parse(cfg.get("param_groups"))
+    require(param_groups.plain or not full_batch,
+            f"param_groups do not apply to optim={cfg.optim.name} (one line search for all)")
+    tx = optim.make_optimizer(base, list(reg.update_steps), lr_schedule, tc.clip_norm, param_groups)
     stream = data_splits.streams(ds, data)
     loop = tc.loop if tc.loop != "auto" else ("scan" if scan_friendly(model) and not stream else "step")
     ck = build_node("checkpoint", CheckpointConfig, cfg.get("checkpoint"))
