@@ -27,6 +27,7 @@ SMALL = ("train.epochs=1", "dataset.train_subset=512", "plots=false")
 DENSE = ("model=mlp", "model.hidden=[64]", "train.loop=scan")
 CONV = ("model=cnn", "model.features=[4,8]", "model.padding=[2,0]", "model.hidden=[32]",
         "train.loop=step")
+BATCHNORM = ("model=vgg", "model.widths=[4,8]", "model.depths=[1,1]", "model.stem=0", "train.loop=step")
 # Sums of float32 in another order: the runs agree to rounding, not bit for bit.
 TOLERANCE = dict(rtol=1e-4, atol=2e-5)
 
@@ -54,19 +55,28 @@ def only_run(proc: subprocess.CompletedProcess) -> Path:
     return dirs[0]
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict of arrays as {'a/b/c': array}."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
 def assert_same_params(a: Path, b: Path) -> None:
-    pa, pb = load_arrays(a / "params.pkl"), load_arrays(b / "params.pkl")
-    for layer in pa:
-        for name in pa[layer]:
-            np.testing.assert_allclose(pa[layer][name], pb[layer][name], **TOLERANCE,
-                                       err_msg=f"{layer}/{name}")
+    """params.pkl of both runs agree to rounding (a BatchNorm net's running statistics too:
+    the batch mean over the mesh is the whole batch's)."""
+    pa, pb = flat(load_arrays(a / "params.pkl")), flat(load_arrays(b / "params.pkl"))
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        np.testing.assert_allclose(pa[name], pb[name], **TOLERANCE, err_msg=name)
 
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("model", [DENSE, CONV], ids=["dense-scan", "cnn-step"])
+@pytest.mark.parametrize("model", [DENSE, CONV, BATCHNORM], ids=["dense-scan", "cnn-step", "batchnorm"])
 def test_two_devices_train_as_one(tmp_path: Path, model: tuple) -> None:
     one = only_run(run(tmp_path / "one", *model, *SMALL, devices=1))
     two_proc = run(tmp_path / "two", *model, *SMALL, devices=2)
