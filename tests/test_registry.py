@@ -9,6 +9,7 @@ from dlrun.config.plugins import Custom
 from dlrun.data import catalog
 from dlrun.train import early_stopping
 from dlrun.optim import regularizers
+from dlrun.optim.averaging import AVERAGINGS
 from dlrun.runs import tracking
 from dlrun.config.registry import config_params
 
@@ -21,6 +22,7 @@ REGISTRIES = {
     "dataset": catalog.DATASETS,
     "early_stopping": early_stopping.STOPPERS,
     "logger": tracking.LOGGERS,
+    "averaging": AVERAGINGS,
 }
 NESTED = {"regularizer": regularizers.REGULARIZERS, "logger": tracking.LOGGERS}  # list-valued groups
 
@@ -40,7 +42,7 @@ def test_no_unregistered_group_directories():
     assert groups == set(REGISTRIES) | {"experiment", "hparams_search", "hydra"}
 
 
-@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset", "early_stopping"])
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset", "early_stopping", "averaging"])
 def test_yaml_name_is_file_name_and_keys_are_builder_params(group):
     for path in (CONF / group).glob("*.yaml"):
         node = yaml.safe_load(path.read_text())
@@ -102,7 +104,8 @@ def same(a, b) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
-@pytest.mark.parametrize("group", ["model", "optim", "schedule", "early_stopping", "regularizer", "logger"])
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "early_stopping", "regularizer", "logger",
+                                   "averaging"])
 def test_yaml_values_are_the_builders_defaults(group):
     """One place per default: an option's YAML says what its builder's signature says (a
     builder called without the key behaves as the YAML describes)."""

@@ -94,7 +94,7 @@ def drawable(images: np.ndarray) -> np.ndarray:
 def first_layer_filters(params: dict, image_shape: tuple,
                         to_pixels: Optional[Callable] = None) -> Optional[np.ndarray]:
     """(N, h, w[, 3]) images of the first layer's weights, or None if they are not image-shaped."""
-    for name in ("conv_0", "hidden_0", "out"):
+    for name in ("conv_0", "stem", "stage0_block0_conv0", "hidden_0", "out"):  # cnn/lenet, vgg/resnet, dense
         if name in params and "kernel" in params[name]:
             kernel = np.asarray(params[name]["kernel"], np.float64)
             if kernel.ndim == 4:  # (kh, kw, C, F)
