@@ -205,10 +205,10 @@ def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
         if sep and name in ("model", "optim", "regularizer", "dataset", "schedule"):
             groups[name] = set(options.split(", "))
     assert set(groups) == {"model", "optim", "regularizer", "dataset", "schedule"}, proc.stdout
-    assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "rnn", "lstm", "autoencoder",
-                               "rbm", "sda", "dbn", "knn", "custom"}
+    assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "vgg", "resnet", "rnn", "lstm",
+                               "autoencoder", "rbm", "sda", "dbn", "knn", "custom"}
     optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam", "rprop",
-              "sign_agreement", "lbfgs", "cg"}
+              "sign_agreement", "lbfgs", "cg", "adamw", "lamb", "muon"}
     assert optims <= groups["optim"]
     assert {"none", "l1", "l2", "weight_decay", "max_norm", "dropout",
             "dropconnect"} <= groups["regularizer"]

@@ -23,8 +23,9 @@ CLASSIFIERS = sorted(n for n in models.MODELS if n not in ("autoencoder", "rbm",
                                   for n in CLASSIFIERS])
 def test_logits_shape_and_plain_param_dict(name):
     model = make(name)
-    params = model.init(jax.random.key(0), X)["params"]
-    assert model.apply({"params": params}, X).shape == (4, 10)
+    variables = model.init(jax.random.key(0), X)  # BatchNorm nets: also 'batch_stats'
+    params = variables["params"]
+    assert model.apply(variables, X).shape == (4, 10)
     assert isinstance(params, dict) and all(isinstance(v, dict) for v in params.values())
 
 
@@ -104,11 +105,13 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.parametrize("kw,fragment", [
-    ({"name": "mlp", "activation": "gelu"}, "activation"),
+    ({"name": "mlp", "activation": "swish"}, "activation"),
     ({"name": "mlp", "hidden": []}, "hidden"),
     ({"name": "cnn", "padding": [0, 0]}, "padding"),
     ({"name": "cnn", "kernel_size": 11}, "too large"),
-    ({"name": "logreg", "init": "he"}, "init"),
+    ({"name": "logreg", "init": "uniform"}, "init"),
+    ({"name": "vgg", "norm": "group"}, "norm"),
+    ({"name": "resnet", "depths": [1, 1]}, "depths"),
 ])
 def test_bad_model_settings(kw, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -138,11 +138,14 @@ PROBLEM_LR = {
     "sgd": (0.05, 1e-3), "momentum": (0.02, 2e-4), "nesterov": (0.02, 2e-4),
     "rmsprop": (0.01, 1e-3), "adagrad": (0.5, 0.1), "adadelta": (1.0, 1.0), "adam": (0.05, 0.01),
     "rprop": (0.01, 0.01), "sign_agreement": (0.02, 2e-4), "lbfgs": (1.0, 1.0), "cg": (1.0, 1.0),
+    "adamw": (0.05, 0.01), "lamb": (0.05, 0.003), "muon": (0.05, 0.01),
 }
+# muon orthogonalises matrices only; the problems' one vector takes its AdamW, at the same lr
+PROBLEM_KW = {"muon": lambda lr: {"adam_lr": lr}}
 
 
 def minimise(name, fn, start, lr, steps):
-    tx = make(name, lr=lr)
+    tx = make(name, lr=lr, **PROBLEM_KW.get(name, lambda lr: {})(lr))
     params = {"x": jnp.asarray(start, jnp.float32)}
 
     def body(carry, _):
@@ -173,6 +176,11 @@ def test_every_optimizer_reaches_the_rosenbrock_minimum(name):
     params, value = minimise(name, rosenbrock, [-1.2, 1.0], PROBLEM_LR[name][1], 20000)
     if name == "adadelta":  # measured: stalls in the valley at f = 0.57 (lr 1; 0.67 at lr 0.5
         assert value < 1.0  # after 200k steps; lr 2 diverges); f(start) = 24.2
+        return
+    if name == "lamb":  # its step is lr * ||p|| in size, whatever the gradient: with a constant
+        # lr it circles the minimum. Measured: f = 0.0053 at (0.992, 0.991) (lr 0.003; 0.0044 at
+        # 0.005, 0.016 at 0.01)
+        assert value < 0.01 and np.allclose(params["x"], [1.0, 1.0], atol=0.05), (params, value)
         return
     assert value < 1e-3 and np.allclose(params["x"], [1.0, 1.0], atol=0.05), (params, value)
 

@@ -232,3 +232,11 @@ def test_batchnorm_copies_equal_single_runs(tmp_path):
     copy = json.loads((tmp_path / "two" / "seed_5" / "summary.json").read_text())
     for key in ("train_loss", "test_loss", "test_error"):
         assert np.isclose(copy["final"][key], single["final"][key], atol=2e-3), key
+
+
+def test_speedrun_fashion_bn_preset_builds_with_its_recipe():
+    cfg = compose("+experiment=speedrun_fashion_bn")
+    setup = train.build_setup(cfg)  # validates everything; loads no data
+    assert setup.dataset.name == "fashion_mnist" and setup.model.norm == "batch"
+    assert setup.dataset.augment == ("flip_alternate",) and setup.train.tta == "flip"
+    assert setup.train.label_smoothing == 0.1 and cfg.schedule.name == "linear"

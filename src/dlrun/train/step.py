@@ -62,7 +62,7 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
     and the sums stay as they were) and is counted instead; train.nan_policy decides after the
     epoch whether the run stops (raise) or goes on (skip).
     """
-    tx, objective = setup.tx, setup.objective
+    tx = setup.tx
     loss_fn = make_loss(setup)
 
     def step(state: TrainState, acc, x, y, idx, w, key):
@@ -85,21 +85,37 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
         if setup.averaging is not None:
             average, params = setup.averaging.update(state.extra[AVERAGE], params, state.step + 1)
             updated = {**updated, AVERAGE: average}
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        extra = {**state.extra, **keep(dict(updated), {k: state.extra[k] for k in updated})}
-        added = lambda v: jnp.where(finite, v, 0.0)
-        acc = {"examples": acc["examples"] + added(jnp.sum(w)),
-               "nonfinite_steps": acc["nonfinite_steps"] + (1.0 - finite),
-               "first_nonfinite_step": jnp.minimum(acc["first_nonfinite_step"], jnp.where(
-                   finite, NO_STEP, state.step.astype(jnp.float32))),
-               "metrics": {name: acc["metrics"][name] + added(sums[k])
-                           for k, name in enumerate(objective.metrics)}}
-        return TrainState(params, opt_state, state.step + 1, extra), acc
+        finite = is_finite(loss, grads)
+        new = (params, opt_state, dict(updated))
+        old = (state.params, state.opt_state, {k: state.extra[k] for k in updated})
+        params, opt_state, updated = guarded(finite, new, old)
+        acc = add_sums(setup, acc, finite, jnp.sum(w), sums, state.step)
+        return TrainState(params, opt_state, state.step + 1, {**state.extra, **updated}), acc
 
     return step
+
+
+def is_finite(loss: jax.Array, grads) -> jax.Array:
+    """Whether the loss and every gradient are finite (one boolean)."""
+    return jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+
+def guarded(finite: jax.Array, new, old):
+    """`new` where the step was finite, else `old` (nothing of a non-finite step is applied)."""
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
+def add_sums(setup: Setup, acc: dict, finite: jax.Array, examples: jax.Array, sums: jax.Array,
+             step: jax.Array) -> dict:
+    """The running sums after a step (a non-finite one adds nothing but its count)."""
+    added = lambda v: jnp.where(finite, v, 0.0)  # noqa: E731
+    return {"examples": acc["examples"] + added(examples),
+            "nonfinite_steps": acc["nonfinite_steps"] + (1.0 - finite),
+            "first_nonfinite_step": jnp.minimum(acc["first_nonfinite_step"], jnp.where(
+                finite, NO_STEP, step.astype(jnp.float32))),
+            "metrics": {name: acc["metrics"][name] + added(sums[k])
+                        for k, name in enumerate(setup.objective.metrics)}}
 
 
 def batch_inputs(setup: Setup, x: jax.Array, step_key: jax.Array, run_key: jax.Array,
