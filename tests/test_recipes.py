@@ -240,3 +240,9 @@ def test_speedrun_fashion_bn_preset_builds_with_its_recipe():
     assert setup.dataset.name == "fashion_mnist" and setup.model.norm == "batch"
     assert setup.dataset.augment == ("flip_alternate",) and setup.train.tta == "flip"
     assert setup.train.label_smoothing == 0.1 and cfg.schedule.name == "linear"
+
+
+def test_averaging_is_refused_where_there_is_no_single_training_run():
+    for model in ("model=dbn", "model=knn"):
+        with pytest.raises(ConfigError, match="averaging=ema"):
+            train.build_setup(compose(model, "averaging=ema"))

@@ -175,12 +175,13 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
     phases = tuple(models.pretraining_phases(OmegaConf.to_container(cfg.model, resolve=True)))
     check_combinations(cfg, ds, data, tc, model, stopper, prune, phases)
     check_stream(stream, loop, tc, model, phases, full_batch)
-    check_recipe(ds, data, tc, model, stream)
+    averaging = build("averaging", AVERAGINGS, cfg.get("averaging") or {"name": "none"})
+    check_recipe(cfg, ds, data, tc, model, stream, averaging, phases)
     return Setup(model, tx, lr_schedule, reg, ds, data, tc, loop, steps, lr_scales(cfg, tc), ck,
                  stopper, objectives.of(model, tc.label_smoothing, tc.top_k), phases, full_batch,
                  prune=prune if prune.enabled else None,
                  loggers=tracking.build_all(cfg.get("logger")), stream=stream,
-                 averaging=build("averaging", AVERAGINGS, cfg.get("averaging") or {"name": "none"}),
+                 averaging=averaging,
                  label=f"model={cfg.model.name} optim={cfg.optim.name} dataset={cfg.dataset.name}")
 
 
@@ -214,9 +215,14 @@ def check_stream(stream: bool, loop: str, tc: TrainConfig, model, phases, full_b
             "dataset.device_budget_mb or use placement=device")
 
 
-def check_recipe(ds: catalog.DataConfig, data: DataInfo, tc: TrainConfig, model, stream: bool) -> None:
-    """The classification options (label smoothing, top-k, test-time augmentation) and the
-    alternating flips, where they apply."""
+def check_recipe(cfg: DictConfig, ds: catalog.DataConfig, data: DataInfo, tc: TrainConfig, model,
+                 stream: bool, averaging: Optional[Averaging], phases: tuple) -> None:
+    """The classification options (label smoothing, top-k, test-time augmentation), the
+    alternating flips and weight averaging, where they apply."""
+    require(averaging is None or not (phases or isinstance(model, models.NearestNeighbours)),
+            f"averaging={cfg.averaging.name if averaging else ''} averages the weights of one "
+            f"training run; model={cfg.model.name} pretrains layer by layer or has no training: "
+            f"use averaging=none")
     classifier = objectives.of(model).name == "classify" and not isinstance(model, models.NearestNeighbours)
     require(classifier or not (tc.label_smoothing or tc.top_k or tc.tta != "none"),
             "train.label_smoothing, train.top_k and train.tta apply to classifiers trained by "
