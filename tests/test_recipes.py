@@ -246,3 +246,15 @@ def test_averaging_is_refused_where_there_is_no_single_training_run():
     for model in ("model=dbn", "model=knn"):
         with pytest.raises(ConfigError, match="averaging=ema"):
             train.build_setup(compose(model, "averaging=ema"))
+
+
+def test_space_to_depth_keeps_every_pixel():
+    from dlrun.models.modern import space_to_depth
+    x = jnp.arange(2 * 5 * 6 * 3, dtype=jnp.float32).reshape(2, 5, 6, 3)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 3, 3, 12)
+    assert np.array_equal(y[1, 0, 1].reshape(2, 2, 3), x[1, 0:2, 2:4])  # one patch, row by row
+    assert np.array_equal(np.sort(y[:, :2].ravel()), np.sort(x[:, :4].ravel()))  # nothing lost
+    setup = train.build_setup(compose(*SMALL, "model.patch=2"))
+    v = setup.model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert v["params"]["stage0_block0_conv0"]["kernel"].shape == (3, 3, 4, 8)

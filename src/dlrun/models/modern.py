@@ -2,7 +2,9 @@
 blocks with BatchNorm or LayerNorm, plain (VGG-like) or residual, max-pooling between stages,
 global pooling and one dense layer at the head.
 
-Layout: a stem conv (`stem` channels, skipped at 0), then one stage per entry of `widths`, each
+Layout: optionally the image cut into `patch` x `patch` patches stacked along channels (space to
+depth: 28x28x1 -> 14x14x4 at patch 2, no information lost, a quarter of the pixels for every
+layer after it), a stem conv (`stem` channels, skipped at 0), then one stage per entry of `widths`, each
 `depths[s]` blocks of that width; every stage after the first starts with a 2x2 max-pool (the
 pool comes before the stage's first conv, so that conv runs on a quarter of the pixels).
   vgg block:    conv -> norm -> act
@@ -16,6 +18,7 @@ from typing import ClassVar, List, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dlrun.config.registry import require
 from dlrun.models.conv import Conv, max_pool_ceil
@@ -23,6 +26,20 @@ from dlrun.models.layers import ACTIVATIONS, kernel_init
 
 NORMS = ("batch", "layer", "none")
 HEADS = ("avg", "max")
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """(B, H, W, C) -> (B, ceil(H/p), ceil(W/p), p*p*C): each p x p patch as one pixel's channels
+    (zero-padded at the bottom and right to a multiple of p)."""
+    if p == 1:
+        return x
+    b, h, w, c = x.shape
+    ph, pw = -h % p, -w % p
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    h, w = h + ph, w + pw
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
 
 
 def normalize(x: jax.Array, kind: str, train: bool, momentum: float, name: str) -> jax.Array:
@@ -51,6 +68,7 @@ class ConvStack(nn.Module):
     weight_init: str
     num_classes: int
     dropout_hidden: float = 0.0
+    patch: int = 1
     scan_friendly: ClassVar[bool] = False  # convolutions: one jitted step per batch on XLA:CPU
 
     @property
@@ -63,6 +81,7 @@ class ConvStack(nn.Module):
                                  kernel_init=kernel_init(self.weight_init, 1.0, self.activation))
         norm = functools.partial(normalize, kind=self.norm, train=train, momentum=self.bn_momentum)
         act = ACTIVATIONS[self.activation]
+        x = space_to_depth(x, self.patch)
         if self.stem:
             x = act(norm(conv(self.stem, name="stem")(x, train), name="stem_norm"))
         for s, (width, depth) in enumerate(zip(self.widths, self.depths)):
@@ -86,7 +105,7 @@ class ConvStack(nn.Module):
 
 
 def _conv_stack(widths, depths, residual, stem, norm, activation, head, logit_scale, bn_momentum,
-                init, num_classes, dropout, input_shape) -> ConvStack:
+                init, patch, num_classes, dropout, input_shape) -> ConvStack:
     require(len(widths) > 0 and all(w > 0 for w in widths),
             f"widths must be a non-empty list of positive channel counts (got {list(widths)})")
     require(len(depths) == len(widths) and all(d >= 1 for d in depths),
@@ -99,28 +118,29 @@ def _conv_stack(widths, depths, residual, stem, norm, activation, head, logit_sc
     require(logit_scale > 0 and 0 <= bn_momentum < 1,
             f"need logit_scale > 0 and bn_momentum in [0, 1) (got {logit_scale}, {bn_momentum})")
     require(init in ("he", "glorot", "normal"), f"init must be he, glorot or normal (got '{init}')")
-    size = min(input_shape[:2])
+    require(patch >= 1, f"patch must be >= 1 (1 = none; got {patch})")
+    size = -(-min(input_shape[:2]) // patch)
     require(size >= 2 ** (len(widths) - 1),
             f"{len(widths)} stages halve a {input_shape[0]}x{input_shape[1]} image "
-            f"{len(widths) - 1} times, to nothing: use fewer widths")
+            f"{len(widths) - 1} times (after patch {patch}), to nothing: use fewer widths")
     return ConvStack(tuple(widths), tuple(depths), residual, stem, norm, activation, head,
                      logit_scale, bn_momentum, init, num_classes,
-                     dropout_hidden=dropout.get("hidden", 0.0))
+                     dropout_hidden=dropout.get("hidden", 0.0), patch=patch)
 
 
 def vgg(widths: List[int] = (32, 64, 128), depths: List[int] = (1, 1, 1), stem: int = 32,
         norm: str = "batch", activation: str = "relu", head: str = "max", logit_scale: float = 1.0,
-        bn_momentum: float = 0.9, init: str = "he", *, num_classes: int, dropout: dict,
-        input_shape: tuple) -> nn.Module:
+        bn_momentum: float = 0.9, init: str = "he", patch: int = 1, *, num_classes: int,
+        dropout: dict, input_shape: tuple) -> nn.Module:
     """A VGG-like stack of conv -> norm -> act blocks (airbench's shape: pooled stages)."""
     return _conv_stack(widths, depths, False, stem, norm, activation, head, logit_scale,
-                       bn_momentum, init, num_classes, dropout, input_shape)
+                       bn_momentum, init, patch, num_classes, dropout, input_shape)
 
 
 def resnet(widths: List[int] = (32, 64, 128), depths: List[int] = (1, 1, 1), stem: int = 32,
            norm: str = "batch", activation: str = "relu", head: str = "avg",
-           logit_scale: float = 1.0, bn_momentum: float = 0.9, init: str = "he", *,
-           num_classes: int, dropout: dict, input_shape: tuple) -> nn.Module:
+           logit_scale: float = 1.0, bn_momentum: float = 0.9, init: str = "he", patch: int = 1,
+           *, num_classes: int, dropout: dict, input_shape: tuple) -> nn.Module:
     """A residual net of basic blocks (two convs and a shortcut each)."""
     return _conv_stack(widths, depths, True, stem, norm, activation, head, logit_scale,
-                       bn_momentum, init, num_classes, dropout, input_shape)
+                       bn_momentum, init, patch, num_classes, dropout, input_shape)
