@@ -185,6 +185,7 @@ def test_clip_norm_bounds_the_gradient_before_the_optimizer():
     assert np.isclose(optax.tree.norm(updates), 0.5)
 
 
+@pytest.mark.slow  # 4 x 2 epochs: the slow set (make test-all, .ci/run)
 @pytest.mark.parametrize("name,lr", [("adamw", 0.01), ("lamb", 0.01), ("muon", 0.02), ("nesterov", 0.05)])
 def test_modern_optimizers_train_a_batchnorm_net(name, lr):
     reg = "regularizer=[weight_decay]" if name == "nesterov" else "regularizer=[none]"
@@ -223,6 +224,7 @@ def test_a_batchnorm_ema_run_resumes_bit_for_bit(tmp_path):
     assert (tmp_path / "half" / "params.pkl").read_bytes() == (tmp_path / "whole" / "params.pkl").read_bytes()
 
 
+@pytest.mark.slow  # three trainings: the slow set
 def test_batchnorm_copies_equal_single_runs(tmp_path):
     """train.num_seeds=2 with BatchNorm: each copy's statistics are its own (vmap), so copy
     seed 5 trains as a single run with seed 5 does (to float rounding)."""
