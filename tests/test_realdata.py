@@ -80,5 +80,6 @@ def test_batchnorm_speedrun_shortened_reaches_its_floor(dlrun):
     summary, records = run_and_read(dlrun, "+experiment=speedrun_fashion_bn", "train.epochs=1",
                                     "plots=false", timeout=600)
     assert len(records) == 1 and "val_error" not in records[0]
-    # the whole preset (4 epochs): see its header; one epoch is measured by this test in CI
+    # measured 2026-12-01: test error 0.1178 after the one epoch (the whole preset, 4 epochs:
+    # 0.0858, see its header)
     assert summary["final"]["test_error"] <= 0.16, summary["final"]
