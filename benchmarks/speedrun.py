@@ -7,7 +7,7 @@ Tuning is done on a validation split, never on the test split: `--tune` holds ou
 preset's figure is then measured once without it (trained on all 60,000) on the test split.
 
 Usage: python benchmarks/speedrun.py speedrun_fashion [--seeds 3] [--tune] [--md out.md]
-       [-- extra overrides...]
+       [-- OVERRIDES...]    (e.g. -- model.patch=2 'model.widths=[64,128,256]')
 """
 import argparse
 import json
@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tune", action="store_true", help="report validation accuracy (5,000 held out)")
     ap.add_argument("--md", type=Path, help="append the result as a markdown table row")
-    ap.add_argument("extra", nargs="*", help="overrides after --")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()  # the rest (after --, or anywhere): dlrun overrides
+    args.extra = [a for a in extra if a != "--"]
     with tempfile.TemporaryDirectory() as tmp:
         runs = [one_run(args.preset, s, args.tune, args.extra, Path(tmp)) for s in range(args.seeds)]
     acc = statistics.mean(r["accuracy"] for r in runs)
