@@ -25,6 +25,7 @@ from dlrun.train.step import epoch_acc, make_train_step
 from dlrun.train.trainer import Context, train_and_evaluate
 
 __all__ = ["Context", "Setup", "Start", "TrainState", "TrainingDiverged", "attach_runtime",
-           "build_setup", "count_params", "epoch_acc", "epoch_order", "fresh_start", "init_state",
-           "init_states", "make_epoch_runner", "make_evaluator", "make_train_step", "setup_evaluator", "eval_output",
-           "loaded_variables", "model_variables", "run_keys", "saved_params", "steps_per_epoch", "train_and_evaluate"]
+           "build_setup", "count_params", "epoch_acc", "epoch_order", "eval_output", "fresh_start",
+           "init_state", "init_states", "loaded_variables", "make_epoch_runner", "make_evaluator",
+           "make_train_step", "model_variables", "run_keys", "saved_params", "setup_evaluator",
+           "steps_per_epoch", "train_and_evaluate"]
