@@ -179,6 +179,18 @@ def test_nan_policy_raise_stops_naming_epoch_and_step(tmp_path, loop):
     assert not (tmp_path / "params.pkl").exists()  # no final parameters of a failed run
 
 
+def test_nan_policy_raise_never_checkpoints_the_diverged_epoch(tmp_path):
+    """Under raise the step applies a non-finite update (the epoch is dropped): a checkpoint
+    after every step (loop=step) keeps step 1, the last finite one, and none after it."""
+    cfg = compose("model.hidden=[32]", "optim=sgd", "optim.lr=1e30", "train.epochs=2",
+                  "dataset.train_subset=1280", "train.loop=step", "train.shuffle=false",
+                  "checkpoint.every_minutes=1e-9")
+    with pytest.raises(train.TrainingDiverged, match=r"step 2: non-finite") as err:
+        train.train_and_evaluate(cfg, str(tmp_path))
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1]
+    assert str(err.value).endswith("The last good checkpoint is " + str(tmp_path / "checkpoints" / "1"))
+
+
 def test_nan_policy_skip_goes_on_and_counts(tmp_path):
     cfg = compose("model.hidden=[32]", "optim=sgd", "optim.lr=1e30", "train.epochs=2",
                   "dataset.train_subset=1280", "train.nan_policy=skip")

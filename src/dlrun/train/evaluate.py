@@ -105,7 +105,7 @@ def model_input(model: nn.Module, transform: Optional[preprocess.Transform]):
 
 
 class TrainingDiverged(DlrunError):
-    """train.nan_policy=raise and a step's loss or gradients were not finite."""
+    """train.nan_policy=raise and a step's loss or updated parameters were not finite."""
 
     keep_run_dir = True  # the CLI keeps what the run wrote before (metrics, best parameters)
 
@@ -141,8 +141,8 @@ def diverged(setup: Setup, sums: dict, epoch: int, records: list[dict]) -> Train
     first = int(sums["first_nonfinite_step"][i]) + 1  # 1-based, as the records' step counts
     copy = f" (copy seed {setup.seeds[i]})" if setup.copies > 1 else ""
     return TrainingDiverged(
-        f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or gradients "
-        f"({int(sums['nonfinite_steps'][i])} such steps in the epoch, none applied); the run "
+        f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or parameters "
+        f"({int(sums['nonfinite_steps'][i])} such steps in the epoch, whose training is dropped); the run "
         f"directory keeps the metrics, best_params.pkl and checkpoints of the epochs before. Lower "
         f"optim.lr, or set train.nan_policy=skip to skip such steps and go on", records)
 

@@ -76,7 +76,8 @@ def fit(loop: Loop, run_epoch, actions, saver: Checkpointing, sinks, writers, hi
     for epoch in range(progress.epoch + 1, last_epoch + 1):
         t0 = time.perf_counter()
         loop.state, acc, done = run_epoch(loop.state, epoch, acc, progress.step_in_epoch, pause)
-        while done < setup.steps_per_epoch:  # paused mid-epoch: checkpoint, then stop or go on
+        while done < setup.steps_per_epoch and not diverging(setup, acc):  # paused mid-epoch:
+            # checkpoint, then stop or go on (a diverged epoch is not checkpointed: see below)
             progress.step_in_epoch = done
             progress.epoch_seconds += time.perf_counter() - t0
             saver.save(loop, acc)
@@ -98,6 +99,12 @@ def fit(loop: Loop, run_epoch, actions, saver: Checkpointing, sinks, writers, hi
             return
         if loop.stopping:
             raise interrupted(loop, epoch + 1, 0, hint_dir)
+
+
+def diverging(setup, acc) -> bool:
+    """nan_policy=raise and a step of this epoch so far was not finite: the step applied it
+    (dlrun.train.step), so the epoch ends here, in TrainingDiverged, and is never checkpointed."""
+    return setup.train.nan_policy == "raise" and bool(np.any(np.asarray(acc["nonfinite_steps"]) > 0))
 
 
 def keep_diverged(loop: Loop, exc: TrainingDiverged, writers, sinks, checkpoints) -> TrainingDiverged:

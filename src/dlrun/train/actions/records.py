@@ -42,7 +42,7 @@ class Console:
         for i, record in enumerate(loop.records):
             log.info(("" if len(seeds) == 1 else f"[seed {seeds[i]}] ") + format_record(record, epochs))
             if record["nonfinite_steps"]:
-                log.warning("warning: %d training steps had a non-finite loss or gradients and "
+                log.warning("warning: %d training steps had a non-finite loss or parameters and "
                             "were skipped (train.nan_policy=skip); try a lower optim.lr",
                             record["nonfinite_steps"])
 
