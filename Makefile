@@ -1,6 +1,7 @@
 # dlrun: `make run` trains the default experiment, `make test` runs the tests, `make bench`
 # measures training speed. Each sets up the virtual environment .venv first if needed.
-PYTHON ?= python3
+# The newest Python 3.12+ found (scripts/find_python.sh; jax 0.12), else python3 (3.11: jax 0.10).
+PYTHON ?= $(shell scripts/find_python.sh)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -25,6 +26,9 @@ bench: $(STAMP)
 
 # Reinstall when the package metadata changes. Editable install: code and conf/ edits apply at once.
 $(STAMP): pyproject.toml
+	@if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print(sys.version_info[:2])')" != \
+	  "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+	  echo "make: $(VENV) was built with another Python than $(PYTHON): run 'make clean' first" >&2; exit 2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,sweep,track]'
