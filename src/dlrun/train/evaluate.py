@@ -142,8 +142,8 @@ def diverged(setup: Setup, sums: dict, epoch: int, records: list[dict]) -> Train
     copy = f" (copy seed {setup.seeds[i]})" if setup.copies > 1 else ""
     return TrainingDiverged(
         f"training diverged at epoch {epoch}, step {first}{copy}: non-finite loss or parameters "
-        f"({int(sums['nonfinite_steps'][i])} such steps in the epoch, whose training is dropped); the run "
-        f"directory keeps the metrics, best_params.pkl and checkpoints of the epochs before. Lower "
+        f"({int(sums['nonfinite_steps'][i])} such steps in the epoch, whose training is dropped); "
+        f"the run directory keeps the metrics, best_params.pkl and checkpoints of the epochs before. Lower "
         f"optim.lr, or set train.nan_policy=skip to skip such steps and go on", records)
 
 

@@ -59,12 +59,13 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
     updates (PCD's chains) are carried in state.extra.
 
     A step whose loss or updated parameters are not finite (a non-finite gradient makes them
-    so) adds nothing to the sums and is counted instead; train.nan_policy decides after the epoch whether the run stops (raise) or goes on
-    (skip). Under skip such a step changes nothing (parameters, optimizer state and collections
-    stay as they were: a select of the new or old state, 9-15 % of the modern net's step,
-    docs/speed.md). Under raise the step is applied, since nothing trained in that epoch is
-    kept (the epoch's state is dropped, and a pause mid-epoch does not checkpoint it: loop.fit),
-    so the check is a sum fused into the update and costs nothing measurable.
+    so) adds nothing to the sums and is counted instead; train.nan_policy decides after the
+    epoch whether the run stops (raise) or goes on (skip). Under skip such a step changes
+    nothing (parameters, optimizer state and collections stay as they were: a select of the new
+    or old state, 10-13 % of the modern net's step, docs/speed.md). Under raise the step is
+    applied, since nothing trained in that epoch is kept (the epoch's state is dropped, and a
+    pause mid-epoch does not checkpoint it: loop.fit), so the check is a sum fused into the
+    update and costs nothing measurable.
     """
     tx = setup.tx
     loss_fn = make_loss(setup)
