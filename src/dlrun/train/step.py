@@ -58,14 +58,9 @@ def make_train_step(setup: Setup, scale: Optional[jax.Array] = None) -> Callable
     metrics come from the model's objective (dlrun.models.objectives); collections the model
     updates (PCD's chains) are carried in state.extra.
 
-    A step whose loss or updated parameters are not finite (a non-finite gradient makes them
-    so) adds nothing to the sums and is counted instead; train.nan_policy decides after the
-    epoch whether the run stops (raise) or goes on (skip). Under skip such a step changes
-    nothing (parameters, optimizer state and collections stay as they were: a select of the new
-    or old state, 10-13 % of the modern net's step, docs/speed.md). Under raise the step is
-    applied, since nothing trained in that epoch is kept (the epoch's state is dropped, and a
-    pause mid-epoch does not checkpoint it: loop.fit), so the check is a sum fused into the
-    update and costs nothing measurable.
+    A step whose loss or updated parameters are not finite (is_finite) adds nothing to the
+    sums and is counted instead; train.nan_policy decides after the epoch whether the run
+    stops (raise) or goes on (skip), and what the step itself keeps (guarded).
     """
     tx = setup.tx
     loss_fn = make_loss(setup)
@@ -116,7 +111,12 @@ def is_finite(loss: jax.Array, params) -> jax.Array:
 
 
 def guarded(finite: jax.Array, new, old):
-    """`new` where the step was finite, else `old` (nothing of a non-finite step is applied)."""
+    """`new` where the step was finite, else `old`: under nan_policy=skip a non-finite step
+    changes nothing (parameters, optimizer state and collections), at the cost of this select,
+    10-13 % of the modern net's step (docs/speed.md). Under raise the step does not call it:
+    nothing trained in a diverged epoch is kept (the epoch's state is dropped, and a pause
+    mid-epoch does not checkpoint it: loop.diverging), so the check alone costs nothing
+    measurable."""
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
