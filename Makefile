@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	  echo "make: $(VENV) was built with another Python than $(PYTHON): run 'make clean' first" >&2; exit 2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,sweep,track]'
+	$(BIN)/python -m pip install --quiet -e '.[test,sweep,track,music,hmc]'
 	touch $(STAMP)
 
 clean:
