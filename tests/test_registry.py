@@ -11,6 +11,7 @@ from dlrun.train import early_stopping
 from dlrun.optim import regularizers
 from dlrun.optim.averaging import AVERAGINGS
 from dlrun.runs import tracking
+from dlrun.sampling import SAMPLERS
 from dlrun.config.registry import config_params
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -23,6 +24,7 @@ REGISTRIES = {
     "early_stopping": early_stopping.STOPPERS,
     "logger": tracking.LOGGERS,
     "averaging": AVERAGINGS,
+    "sampler": SAMPLERS,
 }
 NESTED = {"regularizer": regularizers.REGULARIZERS, "logger": tracking.LOGGERS}  # list-valued groups
 
@@ -42,7 +44,8 @@ def test_no_unregistered_group_directories():
     assert groups == set(REGISTRIES) | {"experiment", "hparams_search", "hydra"}
 
 
-@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset", "early_stopping", "averaging"])
+@pytest.mark.parametrize("group", ["model", "optim", "schedule", "dataset", "early_stopping", "averaging",
+                                   "sampler"])
 def test_yaml_name_is_file_name_and_keys_are_builder_params(group):
     for path in (CONF / group).glob("*.yaml"):
         node = yaml.safe_load(path.read_text())
@@ -105,7 +108,7 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("group", ["model", "optim", "schedule", "early_stopping", "regularizer", "logger",
-                                   "averaging"])
+                                   "averaging", "sampler"])
 def test_yaml_values_are_the_builders_defaults(group):
     """One place per default: an option's YAML says what its builder's signature says (a
     builder called without the key behaves as the YAML describes)."""

@@ -14,13 +14,15 @@ last two are updated by every training step (the class's `mutable`).
 
 Two models are not trained by gradient steps alone: `knn` memorises the training split
 (NearestNeighbours), and `sda`/`dbn` are classifiers preceded by greedy layer-wise pretraining
-phases (`PRETRAINING` gives the config of each phase; dlrun.train runs them).
+phases (`PRETRAINING` gives the config of each phase; dlrun.train runs them). `gaussian`
+(dlrun.models.energy) has nothing to train: it is the target of sampler=hmc (dlrun.sampling).
 """
 from typing import Callable
 
 from dlrun.config.plugins import Custom
 from dlrun.models.classifiers import ConvNet, cnn, lenet, logreg, mlp
 from dlrun.models.conv import Conv, conv_matmul, conv_shift, conv_shift_matmul, conv_xla, max_pool_ceil
+from dlrun.models.energy import Gaussian, gaussian
 from dlrun.models.knn import NearestNeighbours, knn
 from dlrun.models.layers import ACTIVATIONS, INITS, Dense, DenseLayer, kernel_init
 from dlrun.models.modern import ConvStack, resnet, vgg
@@ -31,11 +33,11 @@ from dlrun.models.unsupervised import RBM, Autoencoder, autoencoder, free_energy
 MODELS: dict[str, Callable] = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "lenet": lenet,
                                "vgg": vgg, "resnet": resnet,
                                "rnn": rnn, "lstm": lstm, "autoencoder": autoencoder, "rbm": rbm,
-                               "sda": sda, "dbn": dbn, "knn": knn,
+                               "sda": sda, "dbn": dbn, "knn": knn, "gaussian": gaussian,  # sampler=hmc
                                "custom": Custom("model")}  # model.target=MODULE:ATTR (plugins)
 
 __all__ = ["ACTIVATIONS", "INITS", "MODELS", "PRETRAINING", "RBM", "Autoencoder", "Conv", "ConvNet", "ConvStack",
-           "Dense", "DenseLayer", "NearestNeighbours", "Recurrent", "autoencoder", "cnn",
+           "Dense", "DenseLayer", "Gaussian", "NearestNeighbours", "Recurrent", "autoencoder", "cnn",
            "conv_matmul", "conv_shift", "conv_shift_matmul", "conv_xla", "dbn", "free_energy",
            "kernel_init", "knn", "lenet", "logreg", "lstm", "max_pool_ceil", "mlp",
            "pretraining_phases", "pretraining_settings", "rbm", "resnet", "rnn", "sda", "vgg"]

@@ -11,6 +11,8 @@
     seed_<seed>/      one complete run per copy of train.num_seeds > 1 (copy_dir)
     pretrain_<i>/     one complete run per pretraining phase of sda/dbn (phase_dir)
     eval.json         dlrun-eval's record, with confusion_matrix.csv/.png (EVAL)
+    samples.npz       sampler=hmc: the kept samples, the step-size and acceptance traces (SAMPLES),
+                      drawn in hmc_samples.png and hmc_trace.png (HMC_SAMPLES, HMC_TRACE)
     .hydra/           Hydra's record of the composed config (HYDRA)
 """
 import json
@@ -25,6 +27,9 @@ PREPROCESS = "preprocess.npz"
 CHECKPOINTS = "checkpoints"
 LOG = "dlrun.log"
 EVAL = "eval.json"
+SAMPLES = "samples.npz"
+HMC_SAMPLES = "hmc_samples.png"
+HMC_TRACE = "hmc_trace.png"
 HYDRA = ".hydra"
 COPY_DIR = "seed_{seed}"
 PHASE_DIR = "pretrain_{i}"

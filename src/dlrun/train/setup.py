@@ -26,15 +26,17 @@ from dlrun.optim.averaging import AVERAGINGS, Averaging
 from dlrun.runs import layout, tracking
 from dlrun.runs.checkpoints import CheckpointConfig
 from dlrun.runtime import distributed
+from dlrun.sampling import SAMPLERS, HMCConfig
+from dlrun.sampling import check as check_sampler
 from dlrun.sweeps import pruning
 from dlrun.train import early_stopping
 
 PRECISIONS = ("float32", "bfloat16")  # train.precision: the step's compute dtype (dlrun.train.step)
 TOP_LEVEL_KEYS = ("model", "optim", "schedule", "regularizer", "dataset", "train", "checkpoint",
                   "resume", "early_stopping", "plots", "prune", "dist", "progress", "logger",
-                  "averaging", "param_groups")
+                  "averaging", "param_groups", "sampler")
 OPTIONAL_KEYS = ("regularizer", "checkpoint", "resume", "early_stopping", "plots", "prune", "dist",
-                 "progress", "logger", "averaging", "param_groups")  # defaults when absent
+                 "progress", "logger", "averaging", "param_groups", "sampler")  # defaults when absent
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Setup:
     stream: bool = False  # the splits stay on the host; batches are copied to the device
     label: str = ""  # "model=.. optim=.. dataset=..": what the pictures' titles name
     averaging: Optional[Averaging] = None  # averaged weights for evaluation (None: off)
+    sampler: Optional[HMCConfig] = None  # HMC from the model's energy (dlrun.sampling; None: off)
 
     @property
     def copies(self) -> int:
@@ -177,12 +180,23 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
     check_stream(stream, loop, tc, model, phases, full_batch)
     averaging = build("averaging", AVERAGINGS, cfg.get("averaging") or {"name": "none"})
     check_recipe(cfg, ds, data, tc, model, stream, averaging, phases)
+    sampler = build("sampler", SAMPLERS, cfg.get("sampler") or {"name": "none"})
+    check_sampler(cfg.model.name, model, sampler, training_options(cfg, tc, stopper, averaging, prune))
     return Setup(model, tx, lr_schedule, reg, ds, data, tc, loop, steps, lr_scales(cfg, tc), ck,
                  stopper, objectives.of(model, tc.label_smoothing, tc.top_k), phases, full_batch,
                  prune=prune if prune.enabled else None,
                  loggers=tracking.build_all(cfg.get("logger")), stream=stream,
-                 averaging=averaging,
+                 averaging=averaging, sampler=sampler,
                  label=f"model={cfg.model.name} optim={cfg.optim.name} dataset={cfg.dataset.name}")
+
+
+def training_options(cfg: DictConfig, tc: TrainConfig, stopper, averaging, prune) -> list[str]:
+    """The options set that only a trained model uses (a model with nothing to train refuses them)."""
+    return [option for option, on in (
+        (f"train.num_seeds={tc.num_seeds}", tc.num_seeds > 1),
+        (f"early_stopping={cfg.early_stopping.name if stopper else ''}", stopper is not None),
+        (f"averaging={cfg.averaging.name if averaging else ''}", averaging is not None),
+        ("prune.enabled=true", prune.enabled)) if on]
 
 
 def described(ds: catalog.DataConfig, data: Optional[DataInfo]) -> DataInfo:

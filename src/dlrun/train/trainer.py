@@ -1,9 +1,10 @@
 """`train_and_evaluate(cfg, workdir)`: the one function the CLI calls.
 
 It builds the Setup (pure), attaches the runtime (processes, mesh, loggers), checks the run
-directory, loads the data and hands over to one of three trainers behind the same call:
-knn (dlrun.train.knn), greedy pretraining then gradient training (dlrun.train.pretrain), or
-gradient training alone (dlrun.train.loop).
+directory, loads the data and hands over to one of four trainers behind the same call:
+knn (dlrun.train.knn), greedy pretraining then gradient training (dlrun.train.pretrain),
+gradient training alone (dlrun.train.loop), or, for model=gaussian, the sampler alone
+(dlrun.train.sample).
 """
 import dataclasses
 import logging
@@ -33,6 +34,7 @@ from dlrun.train.actions import Loop
 from dlrun.train.knn import fit_knn
 from dlrun.train.loop import run_training
 from dlrun.train.pretrain import pretrain
+from dlrun.train.sample import train_sampler
 from dlrun.train.setup import Setup, attach_runtime, build_setup
 from dlrun.train.start import Start, agree_start, fresh_start, restore
 
@@ -167,9 +169,11 @@ def in_run_dir(setup: Setup, cfg: DictConfig, config: dict, run_dir: Path, split
 
 
 def trainer_of(setup: Setup) -> Callable[[Setup, DictConfig, Run], dict]:
-    """The trainer of the model: one call, (setup, cfg, run) -> summary, for all three."""
+    """The trainer of the model: one call, (setup, cfg, run) -> summary, for all four."""
     if isinstance(setup.model, models.NearestNeighbours):
         return train_knn
+    if isinstance(setup.model, models.Gaussian):
+        return train_sampler  # nothing to train: the run is sampler=hmc's (dlrun.train.sample)
     return train_stack if setup.phases else train_gradient
 
 
