@@ -24,6 +24,7 @@ def evaluate(model: Model, dataset: str, split: str) -> tuple[dict, Optional[np.
     from dlrun.data import splits as data_splits
 
     spec, info = dataset_for(model, dataset)
+    spec.check_run(model.run.info_dir, "evaluating it")  # a text dataset: the run's vocabulary
     loaded = data_splits.load_splits(spec, model.setup.train.eval_batch_size,
                                      data_splits.streams(spec, info))
     if split not in loaded:
@@ -61,7 +62,8 @@ def dataset_for(model: Model, dataset: str):
     node = {k: v for k, v in model.run.config["dataset"].items() if k in catalog.COMMON_KEYS}
     spec = build("dataset", catalog.DATASETS, {**node, "name": dataset})
     info = spec.describe()
-    if (info.image_shape, info.num_classes) != (model.data.image_shape, model.data.num_classes):
+    if (info.kind, info.image_shape, info.num_classes) != (model.data.kind, model.data.image_shape,
+                                                           model.data.num_classes):
         raise FileError(f"{dataset} has {info.num_classes} classes of {info.image_shape} images; "
                         f"the run was trained on {model.data.num_classes} classes of "
                         f"{model.data.image_shape}")
@@ -106,7 +108,8 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
         parser.exit(2, f"{prog}: error: {exc}\n")
     print(f"run {run.dir}: model {run.model_name}, trained on {run.dataset}, parameters "
           f"{describe_params(run, model)}")
-    print(f"{dataset} {args.split} ({n} images): {format_metrics(metrics)}")
+    noun = "texts" if run.data.kind == "tokens" else "images"
+    print(f"{dataset} {args.split} ({n} {noun}): {format_metrics(metrics)}")
     try:
         written = write_eval(out, run, dataset, args.split, n, metrics, matrix)
     except FileError as exc:

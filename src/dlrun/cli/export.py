@@ -8,6 +8,7 @@ It writes DIR (default RUN_DIR/export/) with:
                     input is (B, H, W, C) float32 in [0, 1] with B symbolic (any batch size),
                     the output (B, num_classes) float32
   model.json        the input shape, the class names, and how to call it
+  vocab.json        a text run's vocabulary (its input is (B, T) int32 token ids, 0 = padding)
 
 Loading needs only jax (the version that exported it, or a later one within jax.export's
 compatibility window):
@@ -26,6 +27,7 @@ from typing import Optional
 
 from dlrun.cli.inference import PARAMS, Model, load_run
 from dlrun.errors import DlrunError, FileError
+from dlrun.runs import layout
 
 ARTIFACT, CARD = "model.jax_export", "model.json"
 
@@ -38,7 +40,6 @@ def export_model(model: Model):
     if model.objective != "classify":
         raise FileError(f"{model.run.dir} is a model={model.run.model_name} run: it learnt no labels; "
                         f"dlrun-export writes classifiers")
-    h, w, c = model.data.image_shape
     if model.knn:
         params = model.run.params
         memory = jnp.asarray(params["train_x"], jnp.float32)
@@ -56,16 +57,25 @@ def export_model(model: Model):
             return jax.nn.softmax(model.logits(variables, x), -1)
 
     batch = jax.export.symbolic_shape("b")[0]
-    spec = jax.ShapeDtypeStruct((batch, h, w, c), jnp.float32)
+    dtype = jnp.int32 if model.data.kind == "tokens" else jnp.float32  # token ids, or pixels
+    spec = jax.ShapeDtypeStruct((batch, *model.data.image_shape), dtype)
     return jax.export.export(jax.jit(probabilities))(spec)
+
+
+def input_record(data) -> dict:
+    """model.json's description of the input (B, *shape)."""
+    if data.kind == "tokens":
+        return {"shape": ["batch", *data.image_shape], "dtype": "int32",
+                "meaning": "token ids of vocab.json (0 = padding, at the end; 1 = unknown word)"}
+    return {"shape": ["batch", *data.image_shape], "dtype": "float32", "range": [0.0, 1.0],
+            "layout": "NHWC"}
 
 
 def card(model: Model, exported) -> dict:
     data = model.data
     return {"run_dir": str(model.run.dir.resolve()), "model": model.run.model_name,
             "dataset": model.run.dataset, "params": model.run.which,
-            "input": {"shape": ["batch", *data.image_shape], "dtype": "float32",
-                      "range": [0.0, 1.0], "layout": "NHWC"},
+            "input": input_record(data),
             "output": {"shape": ["batch", data.num_classes], "dtype": "float32",
                        "meaning": "class probabilities"},
             "class_names": list(data.class_names),
@@ -99,10 +109,13 @@ def export_main(argv: Optional[list[str]] = None) -> None:
         out.mkdir(parents=True)
         atomic_write_bytes(out / ARTIFACT, bytes(payload))
         atomic_write_text(out / CARD, json.dumps(card(model, exported), indent=1) + "\n")
+        if run.data.kind == "tokens":
+            atomic_write_bytes(out / layout.VOCAB, (run.info_dir / layout.VOCAB).read_bytes())
     except OSError as exc:
         parser.exit(2, f"{prog}: error: cannot write into {out} ({exc.strerror or exc})\n")
+    what = "int32 token ids" if run.data.kind == "tokens" else "float32 in [0, 1]"
     print(f"wrote {out / ARTIFACT} ({len(payload):,} bytes; input (B, "
-          f"{', '.join(map(str, run.data.image_shape))}) float32 in [0, 1] -> (B, "
+          f"{', '.join(map(str, run.data.image_shape))}) {what} -> (B, "
           f"{run.data.num_classes}) probabilities) and {out / CARD}")
 
 

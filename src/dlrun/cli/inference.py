@@ -62,6 +62,7 @@ class FinishedRun:
     data: "DataInfo"  # the dataset's description (input shape, classes) from run.json
     transform: Optional[object] = None  # dlrun.data.preprocess.Transform (preprocess.npz), if any
     which: str = "final"  # PARAMS
+    info_dir: Optional[Path] = None  # the directory holding run.json (a copy's: the one above)
 
     @property
     def model_name(self) -> str:
@@ -104,7 +105,8 @@ def load_run(run_dir: str | Path, which: str = "final") -> FinishedRun:
             config.get("dataset", {}).get("preprocess", "none") != "none":
         from dlrun.data.preprocess import Transform
         transform = Transform.load(info_dir / layout.PREPROCESS)
-    return FinishedRun(run_dir, config, params, data_info(info, config, run_dir), transform, which)
+    return FinishedRun(run_dir, config, params, data_info(info, config, run_dir), transform, which,
+                       info_dir)
 
 
 def run_info(run_dir: Path) -> tuple[Path, dict, dict]:
@@ -216,8 +218,8 @@ class Model:
                                  self.setup.train.tta)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) float32 in [0, 1], the run's input shape -> (N, classes) class
-        probabilities (knn: neighbour votes)."""
+        """(N, H, W, C) float32 in [0, 1], the run's input shape (a text run: (N, T) int32
+        token ids) -> (N, classes) class probabilities (knn: neighbour votes)."""
         import jax
         import jax.numpy as jnp
 
@@ -234,6 +236,7 @@ class Model:
         else:
             fn = jax.jit(lambda variables, q: jax.nn.softmax(self.logits(variables, q), -1))
             args = self.variables
-        x = np.asarray(images, np.float32)
+        x = np.asarray(images)
+        x = x if x.dtype == np.int32 else x.astype(np.float32)  # token ids stay int32
         return np.concatenate([np.asarray(fn(args, jnp.asarray(x[s:s + batch])))
                                for s in range(0, len(x), batch)] or [np.zeros((0, k), np.float32)])

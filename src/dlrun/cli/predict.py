@@ -9,6 +9,9 @@ Every input is brought to the run's input shape (H, W, C, from run.json's datase
   already 28x28 is normalised the way MNIST was made instead (`prepare_digit`).
 - arrays hold prepared images already: (H, W[, C]), (N, H, W[, C]) or (N, H*W*C), uint8 0-255
   or floats in [0, 1]; an .npz is read from its x_test array (else x, else its only array).
+A text run (dataset=imdb, text_folder) classifies text files instead (a folder: every file in it
+not starting with ".", recursively), each tokenised and encoded with the run's vocab.json as
+its training texts were (dlrun.data.text.encode_text).
 """
 from __future__ import annotations
 
@@ -171,6 +174,27 @@ def read_inputs(paths: list[str], shape: tuple, digits: bool) -> tuple[list[str]
     return names, np.concatenate(images)
 
 
+def read_texts(paths: list[str], vocab_file: Path) -> tuple[list[str], np.ndarray]:
+    """(names, token ids (N, maxlen) int32) of text files and folders of them, encoded with
+    the run's vocabulary."""
+    from dlrun.data import text as texts
+    try:
+        record = json.loads(vocab_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FileError(f"{vocab_file}: cannot read the run's vocabulary ({one_line(exc)})") from None
+    files = []
+    for name in paths:
+        path = Path(name)
+        found = ([p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+                 if path.is_dir() else [path])
+        if not found:
+            raise FileError(f"{path} is a folder without text files")
+        files += found
+    encode = texts.encoder(record)
+    ids = [encode(texts.read_text(p, first_line=False))[None] for p in files]
+    return [str(p) for p in files], np.concatenate(ids)
+
+
 def label_text(label: int, class_names) -> str:
     """`9 Ankle boot` where the dataset names its classes (other than by their digits), else `9`."""
     name = class_names[label] if label < len(class_names) else str(label)
@@ -255,7 +279,11 @@ def classify(run_dir: str, inputs: list[str]):
                  f"nothing to predict")
     if run.config["model"]["name"] in ("autoencoder", "rbm"):
         raise FileError(f"{no_labels}; `dlrun-eval {run.dir}` reports its reconstruction metrics")
-    names, images = read_inputs(inputs, run.data.image_shape, run.data.digits)
+    if run.data.kind == "tokens":
+        from dlrun.runs import layout
+        names, images = read_texts(inputs, run.info_dir / layout.VOCAB)
+    else:
+        names, images = read_inputs(inputs, run.data.image_shape, run.data.digits)
     model = Model(run)
     if model.objective != "classify":
         raise FileError(no_labels)

@@ -1,12 +1,15 @@
 """What every dataset source yields, and the checks every one of them passes.
 
 A source (dlrun.data.sources for the built-in IDX files, dlrun.data.formats for npz, CIFAR and
-image folders, or a user's function) returns `Arrays`: images (N, H, W, C) uint8 0-255 or
-float32 in [0, 1], integer labels (N,), an optional validation split of its own, and optional
-class names. `check` refuses anything else with one line naming the source and the fix, so a
-user's file fails before anything is compiled, never with a traceback from inside a model.
-`DataInfo` is what the rest of dlrun needs to know about a dataset: the input shape and class
-count the models are built for, the class names the pictures and dlrun-predict print.
+image folders, dlrun.data.text for texts, or a user's function) returns `Arrays`: images
+(N, H, W, C) uint8 0-255 or float32 in [0, 1], or token ids (N, T) int32 (a text source:
+`vocab_size` > 0, id 0 = padding), integer labels (N,), an optional validation split of its
+own, and optional class names. `check` refuses anything else with one line naming the source
+and the fix, so a user's file fails before anything is compiled, never with a traceback from
+inside a model. `DataInfo` is what the rest of dlrun needs to know about a dataset: the input
+shape and class count the models are built for, the class names the pictures and
+dlrun-predict print, and its kind: "image" or "tokens" (what the models, the pictures and the
+commands accept).
 """
 from __future__ import annotations
 
@@ -18,27 +21,37 @@ import numpy as np
 from dlrun.errors import DataError
 
 MNIST_LIKE = ("mnist", "mnist_sample")  # digits: dlrun-predict centres a drawing like MNIST did
+KINDS = ("image", "tokens")  # DataInfo.kind: pixels (N, H, W, C), or token ids (N, T) of a text source
 
 
 @dataclass(frozen=True)
 class DataInfo:
-    """A dataset's description: input shape (H, W, C), classes, and raw split sizes."""
+    """A dataset's description: input shape (H, W, C; tokens: (T,)), classes, and raw split
+    sizes."""
 
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # one example's shape: (H, W, C) pixels, or (T,) token ids
     num_classes: int
     counts: tuple[int, int, int]  # (train, val the source holds apart (0 = none), test)
     class_names: tuple[str, ...] = ()
     digits: bool = False  # MNIST-like handwritten digits (dlrun-predict's 20x20 box, centre of mass)
+    kind: str = "image"  # KINDS
+    vocab_size: int = 0  # tokens: ids 0..vocab_size-1 (0 = padding, 1 = unknown word); images: 0
 
     def as_dict(self) -> dict:
         return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
                 "counts": list(self.counts), "class_names": list(self.class_names),
-                "digits": self.digits}
+                "digits": self.digits, "kind": self.kind, "vocab_size": self.vocab_size}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
+        """as_dict's inverse; a record without kind (dlrun before texts) is of images."""
         return cls(tuple(d["image_shape"]), int(d["num_classes"]), tuple(d["counts"]),
-                   tuple(d.get("class_names", ())), bool(d.get("digits", False)))
+                   tuple(d.get("class_names", ())), bool(d.get("digits", False)),
+                   str(d.get("kind", "image")), int(d.get("vocab_size", 0)))
+
+    def example_bytes(self) -> int:
+        """The device memory of one example: uint8 pixels, or int32 token ids."""
+        return int(np.prod(self.image_shape)) * (4 if self.kind == "tokens" else 1)
 
 
 @dataclass(frozen=True)
@@ -54,11 +67,13 @@ class Arrays:
     class_names: tuple[str, ...] = ()
     num_classes: Optional[int] = None  # None: 1 + the largest label
     files: list = field(default_factory=list)  # provenance: {file, path, sha256 or size/mtime}
+    vocab_size: int = 0  # > 0: x holds token ids (N, T) below it (dlrun.data.text); 0: images
 
     def info(self, digits: bool = False) -> DataInfo:
         n_val = 0 if self.x_val is None else len(self.x_val)
         return DataInfo(tuple(self.x_train.shape[1:]), self.classes(),
-                        (len(self.x_train), n_val, len(self.x_test)), self.class_names, digits)
+                        (len(self.x_train), n_val, len(self.x_test)), self.class_names, digits,
+                        "tokens" if self.vocab_size else "image", self.vocab_size)
 
     def classes(self) -> int:
         if self.num_classes is not None:
@@ -95,6 +110,18 @@ def as_images(x, origin: str, what: str) -> np.ndarray:
                     f"in [0, 1]")
 
 
+def as_tokens(x, vocab_size: int, origin: str, what: str) -> np.ndarray:
+    """(N, T) integer token ids in [0, vocab_size) -> int32; DataError otherwise."""
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.ndim != 2 or x.shape[1] < 1 or not np.issubdtype(x.dtype, np.integer):
+        raise DataError(f"{origin}: {what} has shape {tuple(x.shape)} and dtype {x.dtype}; token "
+                        f"ids are integers of shape (N, T)")
+    if x.size and (int(x.min()) < 0 or int(x.max()) >= vocab_size):
+        raise DataError(f"{origin}: {what} holds token ids in [{int(x.min())}, {int(x.max())}]; "
+                        f"they must lie in [0, {vocab_size})")
+    return x if x.dtype == np.int32 else x.astype(np.int32)
+
+
 def as_labels(y, n: int, origin: str, what: str) -> np.ndarray:
     """Integer labels (N,) >= 0 matching n images; DataError otherwise."""
     y = np.asarray(y)
@@ -113,16 +140,19 @@ def as_labels(y, n: int, origin: str, what: str) -> np.ndarray:
 
 
 def check(arrays: Arrays, origin: str) -> Arrays:
-    """`arrays` with images NHWC and labels int32, all splits alike; DataError naming `origin`
-    (the file or function) otherwise: wrong shapes, labels out of range, mismatched counts."""
+    """`arrays` with images NHWC (or token ids (N, T) int32) and labels int32, all splits alike;
+    DataError naming `origin` (the file or function) otherwise: wrong shapes, labels out of
+    range, mismatched counts."""
     xs, ys = {}, {}
+    vocab = arrays.vocab_size
     for split in ("train", "val", "test"):
         x, y = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
         if (x is None) != (y is None):
             raise DataError(f"{origin}: x_{split} and y_{split} come together; give both or neither")
         if x is None:
             continue
-        xs[split] = as_images(x, origin, f"x_{split}")
+        xs[split] = (as_tokens(x, vocab, origin, f"x_{split}") if vocab
+                     else as_images(x, origin, f"x_{split}"))
         ys[split] = as_labels(y, len(xs[split]), origin, f"y_{split}")
     for split in ("train", "test"):
         if split not in xs or len(xs[split]) == 0:
@@ -144,4 +174,4 @@ def check(arrays: Arrays, origin: str) -> Arrays:
     if k is None and top < 1:
         raise DataError(f"{origin}: every label is 0; a classifier needs at least two classes")
     return Arrays(xs["train"], ys["train"], xs["test"], ys["test"], xs.get("val"), ys.get("val"),
-                  names, k, arrays.files)
+                  names, k, arrays.files, vocab)

@@ -2,7 +2,8 @@
 
 Every option shares the keys of `DataConfig` (the validation split, preprocessing, augmentation,
 where the splits live); each source adds where its data is: the built-in IDX datasets a
-data_dir, `npz` a path, `image_folder` a root, `cifar10`/`cifar100` a data_dir, `custom` a
+data_dir, `npz` a path, `image_folder` a root, `cifar10`/`cifar100` a data_dir, `imdb` and
+`text_folder` a root of text files (dlrun.data.text: token ids, not images), `custom` a
 target (dlrun.config.plugins). `describe()` says what the data is (dlrun.data.arrays.DataInfo:
 input shape, classes, split sizes) and `load()` reads it; the built-in datasets describe
 themselves without reading anything, the others read their files once per process.
@@ -20,6 +21,7 @@ import numpy as np
 from dlrun.config import plugins
 from dlrun.config.registry import require, setattrs
 from dlrun.data import formats, sources
+from dlrun.data import text
 from dlrun.data.arrays import MNIST_LIKE, Arrays, DataInfo, check
 from dlrun.data.preprocess import AUGMENT, PREPROCESS
 from dlrun.errors import DataError
@@ -80,6 +82,15 @@ class DataConfig:
         """Where the data was read from, for summary.json (after load)."""
         return self.load().files
 
+    def save_with_run(self, run_dir: Path) -> None:
+        """Write what a run of this data needs besides run.json into its directory (a text
+        dataset's vocab.json). Nothing for images."""
+
+    def check_run(self, run_dir: Path, what: str) -> None:
+        """FileError unless the data is still what the run in run_dir trained on, as far as its
+        saved files tell (a text dataset's vocabulary); `what` needs it ("resuming it").
+        Nothing for images."""
+
     # ---- shared
     def record(self) -> dict:
         return {"dataset": self.name, "files": self.files()}
@@ -92,6 +103,8 @@ class DataConfig:
                 f"set dataset.val_size=0 to use it")
         require(self.val_size < n_train_raw,
                 f"val_size must be in [0, {n_train_raw}) for {self.name} (got {self.val_size})")
+        if info.kind != "image":  # the rest are about pixels
+            return
         pixels = int(np.prod(info.image_shape))
         require(self.pca_eps > 0 and 0 <= self.pca_dims <= pixels,
                 f"need pca_eps > 0 and pca_dims in [0, {pixels}] (got {self.pca_eps}, {self.pca_dims})")
@@ -209,6 +222,65 @@ class ImageFolderConfig(DataConfig):
 
 
 @dataclass(frozen=True)
+class TextFolderConfig(DataConfig):
+    """root/{train,test[,val]}/<class>/<file>, one text per file, as token ids (N, maxlen) with a
+    vocabulary built on train/: dlrun.data.text. imdb (ImdbConfig) is the aclImdb layout."""
+
+    root: Optional[str] = None
+    vocab_size: int = 10000
+    maxlen: int = 100
+    long: str = "truncate"
+    lowercase: bool = True
+    first_line: bool = False
+    val_fraction: float = 0.0
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.root is not None, f"root is required: dataset={self.name} dataset.root=DIR")
+        require(self.vocab_size > text.FIRST_ID,
+                f"vocab_size must be > {text.FIRST_ID}: ids 0 and 1 are padding and unknown "
+                f"words (got {self.vocab_size})")
+        require(self.maxlen >= 1, f"maxlen must be >= 1 token (got {self.maxlen})")
+        require(self.long in text.LONG, f"long must be one of {', '.join(text.LONG)} (got '{self.long}')")
+        require(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        require(not (self.val_fraction and self.val_size),
+                "val_fraction and val_size both hold training texts out; set one of them to 0")
+        require(self.preprocess == "none" and not self.augment,
+                f"preprocess and augment transform images; the token ids of dataset={self.name} "
+                f"take neither (leave dataset.preprocess=none and dataset.augment=[])")
+
+    def settings(self) -> text.TextSettings:
+        return text.TextSettings(self.vocab_size, self.maxlen, self.long, self.lowercase,
+                                 self.first_line, self.val_fraction)
+
+    def read(self) -> tuple[Arrays, dict]:
+        """(the token ids, the vocab.json record)."""
+        cache = sources.default_cache_dir(self.cache_dir)
+        classes = text.IMDB_CLASSES if self.name == "imdb" else None
+        stamp = text.folder_stamp(Path(self.root).expanduser())  # once per process while unchanged
+        return _cached(text.read_text_folder, stamp, self.root, classes, self.settings(), cache)
+
+    def load(self) -> Arrays:
+        return self.read()[0]
+
+    def save_with_run(self, run_dir: Path) -> None:
+        text.save_vocabulary(run_dir, self.read()[1])
+
+    def check_run(self, run_dir: Path, what: str) -> None:
+        text.check_vocabulary(run_dir, self.read()[1], what)
+
+
+@dataclass(frozen=True)
+class ImdbConfig(TextFolderConfig):
+    """The Large Movie Review Dataset as distributed: root/{train,test}/{neg,pos}/*.txt, the
+    first line of each file (DLT), a validation split of 5 % of train/ (DLT's valid_portion)."""
+
+    first_line: bool = True
+    val_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
 class CustomDataConfig(DataConfig):
     """dataset=custom dataset.target=MODULE:FN (or a registered name): the user's function,
     called with `arguments` (the node's other keys); dlrun.config.plugins says what it returns."""
@@ -303,6 +375,8 @@ DATASETS = {
     "image_folder": partial(ImageFolderConfig, name="image_folder"),
     "cifar10": partial(CifarConfig, name="cifar10"),
     "cifar100": partial(Cifar100Config, name="cifar100"),
+    "imdb": partial(ImdbConfig, name="imdb"),
+    "text_folder": partial(TextFolderConfig, name="text_folder"),
     "custom": plugins.Custom("dataset"),
 }
 

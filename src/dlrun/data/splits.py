@@ -9,7 +9,8 @@ budget) the splits stay in host memory, or memory-mapped on disk for sources tha
 (uncompressed npz members, the image-folder cache), and every batch is gathered on the host
 and copied to the device ahead of the step that needs it (dlrun.train.epoch, `Prefetch`): the
 same rows in the same order, so the same numbers as device-resident training with loop=step.
-Pixels stay uint8 (or the source's float32 in [0, 1]) until the jitted step scales them.
+Pixels stay uint8 (or the source's float32 in [0, 1]) until the jitted step scales them; a text
+source's token ids (N, T) stay int32 throughout (the model embeds them).
 """
 import queue
 import threading
@@ -44,14 +45,20 @@ class Split:
 
 
 def pixels(x: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1], the models' input (float images are already)."""
+    """uint8 images -> float32 in [0, 1], the models' input (float images are already); int32
+    token ids (a text source) are left as they are."""
+    if x.dtype == jnp.int32:
+        return x
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
 def host_images(split: Split, limit: Optional[int] = None) -> np.ndarray:
     """The split's first `limit` (default all) real images on the host as (n, H, W, C) float32
-    in [0, 1]: what the pictures draw and dlrun-eval classifies."""
+    in [0, 1] (token ids: (n, T) int32, as they are): what the pictures draw and dlrun-eval
+    classifies."""
     x = np.asarray(split.x[:split.n if limit is None else min(limit, split.n)])
+    if x.dtype == np.int32:
+        return x
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
@@ -64,7 +71,7 @@ def to_device(images: np.ndarray, labels: np.ndarray, multiple: int) -> Split:
     rows, on the device as a Split (NHWC)."""
     n = len(images)
     pad = -n % multiple
-    images = images if images.ndim == 4 else images[..., None]
+    images = images[..., None] if images.ndim == 3 else images  # (N, T) token ids stay
     x = np.zeros((n + pad, *images.shape[1:]), images.dtype)
     x[:n] = images
     y = np.full((n + pad,), -1, np.int32)
@@ -78,8 +85,8 @@ def on_host(images: np.ndarray, labels: np.ndarray) -> Split:
 
 
 def split_bytes(info: DataInfo, spec: DataConfig) -> int:
-    """The device memory the splits would take (uint8 pixels, int32 labels)."""
-    return sum(spec.sizes(info)) * (int(np.prod(info.image_shape)) + 4)
+    """The device memory the splits would take (uint8 pixels or int32 token ids, int32 labels)."""
+    return sum(spec.sizes(info)) * (info.example_bytes() + 4)
 
 
 def streams(spec: DataConfig, info: DataInfo) -> bool:

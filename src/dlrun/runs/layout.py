@@ -6,6 +6,7 @@
     best_params.pkl   the parameters of the best epoch on the selection split (BEST_PARAMS)
     summary.json      final and best records, timings, device, versions, data (SUMMARY)
     preprocess.npz    the fitted dataset.preprocess transform (PREPROCESS)
+    vocab.json        a text dataset's vocabulary and tokenizer settings (VOCAB)
     checkpoints/      Orbax checkpoints of the whole training state (CHECKPOINTS)
     dlrun.log         the run's log (LOG)
     seed_<seed>/      one complete run per copy of train.num_seeds > 1 (copy_dir)
@@ -24,6 +25,7 @@ PARAMS = "params.pkl"
 BEST_PARAMS = "best_params.pkl"
 SUMMARY = "summary.json"
 PREPROCESS = "preprocess.npz"
+VOCAB = "vocab.json"
 CHECKPOINTS = "checkpoints"
 LOG = "dlrun.log"
 EVAL = "eval.json"

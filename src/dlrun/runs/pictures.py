@@ -234,13 +234,14 @@ def write_all(run_dir: Path, objective: str, history: list[dict], select_metric:
               params: dict, test_x: np.ndarray, test_y: np.ndarray,
               predict: Optional[Callable] = None, reconstruct: Optional[Callable] = None,
               gibbs: Optional[Callable] = None, to_pixels: Optional[Callable] = None,
-              class_names=(), title: str = "") -> list[str]:
+              class_names=(), title: str = "", images: bool = True) -> list[str]:
     """Write the pictures that apply to this run; returns their file names.
 
     test_x (N, H, W, C) floats in [0, 1] and test_y (N,) labels: the test split. predict:
     images -> labels (classifiers); reconstruct: images -> reconstructions (autoencoders,
     RBMs); gibbs: (images, steps) -> samples (RBMs); to_pixels maps first-layer weights from a
-    preprocessed space back to pixels."""
+    preprocessed space back to pixels. images=False (test_x holds token ids): the learning
+    curves and the confusion matrix only."""
     written = []
     shape = test_x.shape[1:]
     zoom = zoom_for(min(shape[:2]))
@@ -252,9 +253,11 @@ def write_all(run_dir: Path, objective: str, history: list[dict], select_metric:
         k = max(len(class_names), int(max(predicted.max(), test_y.max())) + 1)
         confusion_matrix(confusion(predicted, test_y, k), run_dir / "confusion_matrix.png",
                          run_dir / "confusion_matrix.csv", class_names=class_names)
-        test_images(test_x[:40], predicted[:40], test_y[:40], run_dir / "test_images.png", class_names)
-        written += ["confusion_matrix.png", "confusion_matrix.csv", "test_images.png"]
-    filters = first_layer_filters(params, shape, to_pixels)
+        written += ["confusion_matrix.png", "confusion_matrix.csv"]
+        if images:
+            test_images(test_x[:40], predicted[:40], test_y[:40], run_dir / "test_images.png", class_names)
+            written.append("test_images.png")
+    filters = first_layer_filters(params, shape, to_pixels) if images else None
     if filters is not None:
         write_png(run_dir / "filters.png", tile(filters, 10 if len(filters) > 10 else len(filters),
                                                 zoom=zoom_for(min(filters.shape[1:3]))))

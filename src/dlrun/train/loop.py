@@ -43,6 +43,8 @@ def run_training(loop: Loop, cfg, checkpoints: Checkpoints, started_at: float, h
                                setup.steps_per_epoch, setup.train.batch_size, done.epoch,
                                done.step_in_epoch)
     with tracking.RunSinks(setup.loggers if primary else (), run_dirs, loop.config, display) as sinks:
+        if primary and not done.resumed_at:  # a text dataset's vocab.json (resume: restore checks it)
+            setup.dataset.save_with_run(loop.run_dir)
         writers = [RunWriter(d) for d in run_dirs]
         if done.resumed_at:
             continue_files(loop, writers)

@@ -40,7 +40,8 @@ def pictures(setup: Setup, run_dir: Path, history: list[dict], variables: dict,
         names = plots.write_all(run_dir, setup.objective.name, history, setup.objective.select,
                                 jax.device_get(variables["params"]), images, labels, predict,
                                 reconstruct, gibbs, transform.pixel_space if transform else None,
-                                setup.data.class_names, title(setup, run_dir))
+                                setup.data.class_names, title(setup, run_dir),
+                                images=setup.data.kind == "image")
     except (OSError, ValueError, RuntimeError) as exc:  # the run itself is complete and saved
         log.warning("warning: could not draw the run's pictures: %s", exc)
         return

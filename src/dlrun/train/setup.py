@@ -152,8 +152,9 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
         tc = dataclasses.replace(tc, batch_size=n_train, drop_last=False)
     data_splits.check_batch_size(ds, data, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
+    check_tokens(cfg, data, tc)
     model = build("model", models.MODELS, cfg.model, num_classes=data.num_classes, dropout=reg.dropout,
-                  input_shape=data.image_shape)
+                  input_shape=data.image_shape, vocab_size=data.vocab_size)
     full_batch = cfg.optim.name in optim.FULL_BATCH
     if full_batch:
         tc = full_batch_train(cfg, tc, model, reg, n_train)
@@ -213,6 +214,17 @@ def scan_friendly(model) -> bool:
     """Whether the model trains fastest as one lax.scan per epoch (dlrun's dense nets say so;
     a user's module that does not say is trained one jitted step at a time)."""
     return bool(getattr(model, "scan_friendly", False))
+
+
+def check_tokens(cfg: DictConfig, data: DataInfo, tc: TrainConfig) -> None:
+    """Token ids (a text dataset) go to a model that embeds them, without test-time views."""
+    if data.kind != "tokens":
+        return
+    require(cfg.model.name in models.recurrent.TOKEN_MODELS,
+            f"dataset={cfg.dataset.name} holds token ids (texts); model={cfg.model.name} reads "
+            f"images: use model={' or model='.join(models.recurrent.TOKEN_MODELS)}")
+    require(tc.tta == "none", f"train.tta flips and shifts images; the texts of "
+                              f"dataset={cfg.dataset.name} take none (train.tta=none)")
 
 
 def check_stream(stream: bool, loop: str, tc: TrainConfig, model, phases, full_batch: bool) -> None:

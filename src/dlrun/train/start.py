@@ -85,6 +85,7 @@ def restore(setup: Setup, config: dict, run_dir: Path, checkpoints: Checkpoints)
         raise FileError(f"the checkpoint in {checkpoints.dir} was written by another config: "
                         f"{config_diff(meta.get('config') or {}, config)}; it does not belong "
                         f"to this run directory")
+    setup.dataset.check_run(run_dir, "resuming it")  # a text dataset: the same vocabulary
     progress = Progress.from_meta(meta, n)
     if progress.epoch > epochs or (progress.epoch == epochs and progress.step_in_epoch):
         raise ConfigError(f"{run_dir} has already trained {progress.epoch} epochs; "

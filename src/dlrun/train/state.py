@@ -24,7 +24,8 @@ AVERAGE = "average"  # state.extra key of the averaged weights (averaging=ema|lo
 
 
 def init_state(setup: Setup, key: jax.Array) -> TrainState:
-    x = jnp.zeros((1, *setup.data.image_shape), jnp.float32)
+    dtype = jnp.int32 if setup.data.kind == "tokens" else jnp.float32  # token ids, or pixels
+    x = jnp.zeros((1, *setup.data.image_shape), dtype)
     if setup.transform is not None:
         x = setup.transform(x)
     variables = dict(setup.model.init({"params": key, "sample": key, "dropout": key}, x, train=False))

@@ -158,7 +158,8 @@ def make_loss(setup: Setup) -> Callable:
 
     def loss_fn(params, extra, xb, yb, w, rngs):
         if half:  # mixed precision: bfloat16 compute, float32 master weights and loss
-            params, xb = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params), xb.astype(jnp.bfloat16)
+            params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+            xb = xb.astype(jnp.bfloat16) if jnp.issubdtype(xb.dtype, jnp.floating) else xb  # ids stay
         variables = train_variables(params, extra)
         if mutable:
             out, updated = model.apply(variables, xb, train=True, rngs=rngs, mutable=mutable)
