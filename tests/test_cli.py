@@ -206,7 +206,7 @@ def test_help_and_cfg_job_print_and_write_nothing(dlrun, tmp_path):
             groups[name] = set(options.split(", "))
     assert set(groups) == {"model", "optim", "regularizer", "dataset", "schedule"}, proc.stdout
     assert groups["model"] == {"cnn", "logreg", "mlp", "lenet", "vgg", "resnet", "rnn", "lstm",
-                               "autoencoder", "rbm", "sda", "dbn", "knn", "custom", "gaussian"}
+                               "autoencoder", "rbm", "sda", "dbn", "knn", "custom", "gaussian", "rnnrbm"}
     optims = {"sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adadelta", "adam", "rprop",
               "sign_agreement", "lbfgs", "cg", "adamw", "lamb", "muon"}
     assert optims <= groups["optim"]

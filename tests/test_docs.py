@@ -88,13 +88,16 @@ def readme_commands() -> list[list[str]]:
 def test_the_readmes_commands_compose(tmp_path, monkeypatch):
     """Every `dlrun` command the README shows composes into a valid config (Hydra's compose
     API, then dlrun's own validation), so the front page never shows a command that fails.
-    They run from the repository root, where examples/make_arrays.py wrote my_arrays.npz."""
+    They run from the repository root, where examples/make_arrays.py wrote my_arrays.npz and
+    examples/make_reviews.py the folder my_reviews/."""
     import subprocess
 
     from _config import compose
     from dlrun.train import build_setup
     subprocess.run([sys.executable, ROOT / "examples" / "make_arrays.py", tmp_path / "my_arrays.npz"],
                    check=True, capture_output=True)
+    subprocess.run([sys.executable, ROOT / "examples" / "make_reviews.py", tmp_path / "my_reviews",
+                    "--train", "40", "--test", "20"], check=True, capture_output=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     commands = readme_commands()

@@ -16,7 +16,8 @@ def make(name, dropout=None, **kw):
                  dropout=dropout or {})
 
 
-CLASSIFIERS = sorted(n for n in models.MODELS if n not in ("autoencoder", "rbm", "knn", "custom", "gaussian"))
+CLASSIFIERS = sorted(n for n in models.MODELS
+                     if n not in ("autoencoder", "rbm", "knn", "custom", "gaussian", "rnnrbm"))
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in ("lenet", "dbn", "sda") else [])
@@ -124,8 +125,9 @@ SMALL = {"mlp": {"hidden": [16]}, "cnn": {"features": [4, 8, 8], "hidden": [16]}
          "sda": {"hidden": [16, 16], "corruption": [0.1, 0.2]}, "dbn": {"hidden": [16, 16]}}
 
 
-@pytest.mark.parametrize("name", sorted(n for n in models.MODELS if n not in ("knn", "custom", "gaussian")))
-def test_every_model_is_built_for_the_datas_shape_and_classes(name):
+@pytest.mark.parametrize("name", sorted(n for n in models.MODELS
+                                        if n not in ("knn", "custom", "gaussian", "rnnrbm")))
+def test_every_model_is_built_for_the_datas_shape_and_classes(name):  # rnnrbm: test_rnnrbm.py
     """Any H, W, C and class count: 20x24 colour images, 7 classes."""
     shape, k = (20, 24, 3), 7
     model = build("model", models.MODELS, {"name": name, **SMALL.get(name, {})}, num_classes=k,

@@ -21,7 +21,8 @@ import numpy as np
 from dlrun.errors import DataError
 
 MNIST_LIKE = ("mnist", "mnist_sample")  # digits: dlrun-predict centres a drawing like MNIST did
-KINDS = ("image", "tokens")  # DataInfo.kind: pixels (N, H, W, C), or token ids (N, T) of a text source
+KINDS = ("image", "tokens", "roll")  # DataInfo.kind: pixels (N, H, W, C), token ids (N, T) of a
+# text source, or piano rolls (N, frames, pitches, 1) 0/1 whose labels are lengths (dlrun.data.music)
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class DataInfo:
                    str(d.get("kind", "image")), int(d.get("vocab_size", 0)))
 
     def example_bytes(self) -> int:
-        """The device memory of one example: uint8 pixels, or int32 token ids."""
-        return int(np.prod(self.image_shape)) * (4 if self.kind == "tokens" else 1)
+        """The device memory of one example: uint8 pixels, int32 token ids or float32 frames."""
+        return int(np.prod(self.image_shape)) * (1 if self.kind == "image" else 4)
 
 
 @dataclass(frozen=True)

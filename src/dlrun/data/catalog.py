@@ -10,6 +10,7 @@ themselves without reading anything, the others read their files once per proces
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -20,7 +21,7 @@ import numpy as np
 
 from dlrun.config import plugins
 from dlrun.config.registry import require, setattrs
-from dlrun.data import formats, sources
+from dlrun.data import formats, music, sources
 from dlrun.data import text
 from dlrun.data.arrays import MNIST_LIKE, Arrays, DataInfo, check
 from dlrun.data.preprocess import AUGMENT, PREPROCESS
@@ -222,6 +223,39 @@ class ImageFolderConfig(DataConfig):
 
 
 @dataclass(frozen=True)
+class ChoralesConfig(DataConfig):
+    """The Bach chorales of music21's corpus as piano rolls (dlrun.data.music): rows are pieces
+    (validation and test) or chunks of pieces (training), x (N, frames, pitches, 1) 0/1 and
+    y (N,) the real frames of each row. For sequence models (model=rnnrbm)."""
+
+    step: float = 1.0
+    low: int = 21
+    high: int = 108
+    chunk: int = 100
+    pieces: Optional[int] = None
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.step > 0, f"step must be > 0 quarter notes (got {self.step})")
+        require(0 <= self.low <= self.high <= 127,
+                f"need 0 <= low <= high <= 127 (MIDI pitches; got {self.low}, {self.high})")
+        require(self.chunk >= 0, f"chunk must be >= 0 frames (0 = whole pieces; got {self.chunk})")
+        require(self.pieces is None or self.pieces >= 3,
+                f"pieces must be >= 3 (one for each split) or null for all (got {self.pieces})")
+        require(self.preprocess == "none" and not self.augment,
+                "dataset.preprocess and dataset.augment transform images; piano rolls take "
+                "neither (dataset=chorales)")
+
+    def describe(self) -> DataInfo:
+        return dataclasses.replace(self.load().info(), kind="roll")
+
+    def load(self) -> Arrays:
+        return _cached(music.chorale_arrays, (), self.step, self.low, self.high, self.chunk,
+                       self.pieces, str(sources.default_cache_dir(self.cache_dir)))
+
+
+@dataclass(frozen=True)
 class TextFolderConfig(DataConfig):
     """root/{train,test[,val]}/<class>/<file>, one text per file, as token ids (N, maxlen) with a
     vocabulary built on train/: dlrun.data.text. imdb (ImdbConfig) is the aclImdb layout."""
@@ -377,6 +411,7 @@ DATASETS = {
     "cifar100": partial(Cifar100Config, name="cifar100"),
     "imdb": partial(ImdbConfig, name="imdb"),
     "text_folder": partial(TextFolderConfig, name="text_folder"),
+    "chorales": partial(ChoralesConfig, name="chorales"),
     "custom": plugins.Custom("dataset"),
 }
 

@@ -277,7 +277,7 @@ def _decode_into(where: Path, listing: dict, classes: list[str], size: tuple[int
                         raise DataError(f"{p}: cannot decode ({one_line(e)}); remove or replace it") from None
                 x[i] = arr.reshape(x.shape[1:])
                 done += 1
-                _progress(done, total, t0)
+                progress(done, total, t0)
             x.flush()
             del x
             np.save(tmp / f"y_{split}.npy", np.array([c for _, c in items], np.int32))
@@ -303,8 +303,8 @@ def _mode_of(listing: dict) -> str:
     return "L"
 
 
-def _progress(done: int, total: int, t0: float) -> None:
-    """A one-line progress bar on stderr while decoding (a line per 10 % when not a terminal)."""
+def progress(done: int, total: int, t0: float, what: str = "decoding images") -> None:
+    """A one-line progress bar on stderr while reading (a line per 10 % when not a terminal)."""
     tty = sys.stderr.isatty()
     step = max(1, total // 10)
     if not (tty or done % step == 0 or done == total):
@@ -312,6 +312,6 @@ def _progress(done: int, total: int, t0: float) -> None:
     width = 30
     bar = "#" * (width * done // total) + "-" * (width - width * done // total)
     rate = done / max(time.perf_counter() - t0, 1e-9)
-    line = f"decoding images [{bar}] {done}/{total} ({rate:,.0f}/s)"
+    line = f"{what} [{bar}] {done}/{total} ({rate:,.0f}/s)"
     sys.stderr.write(("\r" + line + ("\n" if done == total else "")) if tty else line + "\n")
     sys.stderr.flush()

@@ -27,17 +27,18 @@ from dlrun.models.knn import NearestNeighbours, knn
 from dlrun.models.layers import ACTIVATIONS, INITS, Dense, DenseLayer, kernel_init
 from dlrun.models.modern import ConvStack, resnet, vgg
 from dlrun.models.recurrent import Recurrent, lstm, rnn
+from dlrun.models.rnnrbm import RnnRbm, rnnrbm
 from dlrun.models.stacks import PRETRAINING, dbn, pretraining_phases, pretraining_settings, sda
 from dlrun.models.unsupervised import RBM, Autoencoder, autoencoder, free_energy, rbm
 
 MODELS: dict[str, Callable] = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "lenet": lenet,
                                "vgg": vgg, "resnet": resnet,
-                               "rnn": rnn, "lstm": lstm, "autoencoder": autoencoder, "rbm": rbm,
+                               "rnn": rnn, "lstm": lstm, "rnnrbm": rnnrbm, "autoencoder": autoencoder, "rbm": rbm,
                                "sda": sda, "dbn": dbn, "knn": knn, "gaussian": gaussian,  # sampler=hmc
                                "custom": Custom("model")}  # model.target=MODULE:ATTR (plugins)
 
 __all__ = ["ACTIVATIONS", "INITS", "MODELS", "PRETRAINING", "RBM", "Autoencoder", "Conv", "ConvNet", "ConvStack",
-           "Dense", "DenseLayer", "Gaussian", "NearestNeighbours", "Recurrent", "autoencoder", "cnn",
+           "Dense", "DenseLayer", "Gaussian", "NearestNeighbours", "Recurrent", "RnnRbm", "autoencoder", "cnn",
            "conv_matmul", "conv_shift", "conv_shift_matmul", "conv_xla", "dbn", "free_energy",
            "kernel_init", "knn", "lenet", "logreg", "lstm", "max_pool_ceil", "mlp",
-           "pretraining_phases", "pretraining_settings", "rbm", "resnet", "rnn", "sda", "vgg"]
+           "pretraining_phases", "pretraining_settings", "rbm", "resnet", "rnn", "rnnrbm", "sda", "vgg"]

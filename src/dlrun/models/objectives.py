@@ -62,6 +62,21 @@ def _contrastive_divergence(model, out: dict, y: jax.Array):
     return out["surrogate"], jnp.stack([xent, sq / out["target"].shape[-1], out["pseudo_ll"]])
 
 
+def _sequence_cd(model, out: dict, y: jax.Array):
+    """The RNN-RBM over padded sequences, y = each row's real frames (-1: a padding row). The
+    loss is DLT's cost, the mean over the sequence's frames of F(v_t) - F(v_t^(k)) (the CD
+    surrogate); the metrics are per sequence: 'loss' the mean cross-entropy of a frame under
+    its prediction from the frames before it (nats), 'frame_acc' the expected TP / (TP + FP + FN)
+    of those predictions (Bay et al. 2009, the RNN-RBM paper's ACC). The paper's figures, pooled over
+    every frame and with the AIS log-likelihood, are the run's end report (dlrun.train.sequences)."""
+    mask = (jnp.arange(out["gap"].shape[1])[None] < y[:, None]).astype(jnp.float32)  # (B, T)
+    frames = jnp.maximum(jnp.sum(mask, -1), 1.0)
+    per_frame = lambda a: jnp.sum(mask * a, -1) / frames  # noqa: E731
+    tp, fp, fn = (jnp.sum(mask * out[k], -1) for k in ("tp", "fp", "fn"))
+    acc = tp / jnp.maximum(tp + fp + fn, 1.0)
+    return per_frame(out["gap"]), jnp.stack([per_frame(out["xent"]), acc])
+
+
 def classify(label_smoothing: float = 0.0, top_k: int = 0) -> Objective:
     """The classification objective with train.label_smoothing (the loss is the cross-entropy
     against (1 - s) * one_hot + s / K; the reported loss is that loss) and train.top_k (adds the
@@ -91,6 +106,7 @@ OBJECTIVES: dict[str, Objective] = {
     "classify": Objective("classify", ("loss", "error"), "error", _classify, percent=("error",)),
     "reconstruct": Objective("reconstruct", ("loss", "mse"), "loss", _reconstruct),
     "cd": Objective("cd", ("loss", "mse", "pseudo_ll"), "loss", _contrastive_divergence),
+    "rnnrbm": Objective("rnnrbm", ("loss", "frame_acc"), "loss", _sequence_cd, percent=("frame_acc",)),
 }
 
 

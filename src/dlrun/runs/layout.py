@@ -12,6 +12,8 @@
     seed_<seed>/      one complete run per copy of train.num_seeds > 1 (copy_dir)
     pretrain_<i>/     one complete run per pretraining phase of sda/dbn (phase_dir)
     eval.json         dlrun-eval's record, with confusion_matrix.csv/.png (EVAL)
+    samples/          model=rnnrbm: generated sequences as MIDI files (MIDI_SAMPLES), and
+    piano_rolls.png   their picture beside a test piece (PIANO_ROLLS)
     samples.npz       sampler=hmc: the kept samples, the step-size and acceptance traces (SAMPLES),
                       drawn in hmc_samples.png and hmc_trace.png (HMC_SAMPLES, HMC_TRACE)
     .hydra/           Hydra's record of the composed config (HYDRA)
@@ -29,6 +31,8 @@ VOCAB = "vocab.json"
 CHECKPOINTS = "checkpoints"
 LOG = "dlrun.log"
 EVAL = "eval.json"
+MIDI_SAMPLES = "samples"
+PIANO_ROLLS = "piano_rolls.png"
 SAMPLES = "samples.npz"
 HMC_SAMPLES = "hmc_samples.png"
 HMC_TRACE = "hmc_trace.png"

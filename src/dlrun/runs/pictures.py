@@ -277,6 +277,20 @@ def write_all(run_dir: Path, objective: str, history: list[dict], select_metric:
     return written
 
 
+def piano_rolls(path: Path, samples: np.ndarray, piece: np.ndarray, low: int) -> None:
+    """A test piece (frames, P) above the generated sequences (n, frames, P): time across,
+    MIDI pitch (low + column) up, a dark cell where the pitch sounds."""
+    rolls = [("test piece", piece)] + [(f"sample {i}", r) for i, r in enumerate(samples, 1)]
+    fig = _figure(10, 2.2 * len(rolls))
+    for ax, (label, roll) in zip(fig.subplots(len(rolls), 1, squeeze=False)[:, 0], rolls):
+        ax.imshow(np.asarray(roll).T, aspect="auto", origin="lower", cmap="Greys",
+                  interpolation="nearest", extent=(0, len(roll), low - 0.5, low + roll.shape[1] - 0.5))
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("MIDI pitch")
+    ax.set_xlabel("frame")
+    _save(fig, path)
+
+
 def rbm_gibbs(params: dict, key: jax.Array) -> Callable:
     """(images (n, H, W, C), steps) -> flat visible means after `steps` steps of block Gibbs sampling
     v -> h -> v of a first-layer RBM (params hidden_0, visible_0), chains started at images."""

@@ -26,6 +26,7 @@ from dlrun.train.epoch import make_epoch_runner
 from dlrun.train.evaluate import TrainingDiverged, epoch_records, setup_evaluator
 from dlrun.train.pictures import pictures
 from dlrun.train.sample import sample_trained
+from dlrun.train.sequences import sequence_report
 from dlrun.train.state import copy_of, count_params, model_variables, saved_params
 from dlrun.train.summary import make_summary, summarize_copies
 
@@ -145,6 +146,10 @@ def finish(loop: Loop, cfg, writers: list[RunWriter], times: tuple, n_params: in
         summary["resumed_at_epochs"] = progress.resumed_at
         if progress.pruned:
             summary["pruned"] = progress.pruned
+        if setup.objective.name == "rnnrbm" and distributed.is_primary():  # of params.pkl's
+            summary["sequences"] = sequence_report(
+                setup, {"params": best_i} if restore_best else copy_of(model_variables(loop.state), i, n),
+                loop.splits, writers[i].dir, setup.seeds[i], bool(cfg.get("plots", True)))
         if setup.sampler is not None and distributed.is_primary():  # sampler=hmc (an RBM)
             summary["sampler"] = sample_trained(
                 setup, writers[i].dir, best_i if restore_best else final_params, loop.splits["test"],

@@ -23,8 +23,8 @@ def pictures(setup: Setup, run_dir: Path, history: list[dict], variables: dict,
     images = data_splits.host_images(test)
     labels = np.asarray(test.y[:test.n])
     predict = reconstruct = gibbs = None
-    if isinstance(model, models.NearestNeighbours):
-        pass  # fit_knn passes its own predictions
+    if isinstance(model, models.NearestNeighbours) or setup.objective.name == "rnnrbm":
+        pass  # fit_knn passes its own predictions; the RNN-RBM's pictures: dlrun.train.sequences
     elif setup.objective.name == "classify":
         apply = jax.jit(lambda v, x: jnp.argmax(model.apply(
             v, x if transform is None else transform(x), train=False), -1))

@@ -153,6 +153,7 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
     data_splits.check_batch_size(ds, data, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
     check_tokens(cfg, data, tc)
+    check_rolls(cfg, data)
     model = build("model", models.MODELS, cfg.model, num_classes=data.num_classes, dropout=reg.dropout,
                   input_shape=data.image_shape, vocab_size=data.vocab_size)
     full_batch = cfg.optim.name in optim.FULL_BATCH
@@ -225,6 +226,16 @@ def check_tokens(cfg: DictConfig, data: DataInfo, tc: TrainConfig) -> None:
             f"images: use model={' or model='.join(models.recurrent.TOKEN_MODELS)}")
     require(tc.tta == "none", f"train.tta flips and shifts images; the texts of "
                               f"dataset={cfg.dataset.name} take none (train.tta=none)")
+
+
+def check_rolls(cfg: DictConfig, data: DataInfo) -> None:
+    """Piano rolls (dataset=chorales) and the RNN-RBM go together: neither makes sense without
+    the other (a roll's label is its length, not a class)."""
+    rolls, rnnrbm = data.kind == "roll", cfg.model.name == "rnnrbm"
+    require(rolls or not rnnrbm, f"model=rnnrbm models sequences of binary frames (piano rolls); "
+                                 f"dataset={cfg.dataset.name} holds {data.kind}s: use dataset=chorales")
+    require(rnnrbm or not rolls, f"dataset={cfg.dataset.name} holds piano rolls, whose labels are "
+                                 f"lengths, not classes: use model=rnnrbm")
 
 
 def check_stream(stream: bool, loop: str, tc: TrainConfig, model, phases, full_batch: bool) -> None:
