@@ -152,8 +152,7 @@ def build_setup(cfg: DictConfig, data: Optional[DataInfo] = None) -> Setup:
         tc = dataclasses.replace(tc, batch_size=n_train, drop_last=False)
     data_splits.check_batch_size(ds, data, tc.batch_size)
     reg = regularizers.build_all(cfg.get("regularizer") or {})  # regularizer=[]: none
-    check_tokens(cfg, data, tc)
-    check_rolls(cfg, data)
+    check_kind(cfg, data, tc)
     model = build("model", models.MODELS, cfg.model, num_classes=data.num_classes, dropout=reg.dropout,
                   input_shape=data.image_shape, vocab_size=data.vocab_size)
     full_batch = cfg.optim.name in optim.FULL_BATCH
@@ -215,6 +214,12 @@ def scan_friendly(model) -> bool:
     """Whether the model trains fastest as one lax.scan per epoch (dlrun's dense nets say so;
     a user's module that does not say is trained one jitted step at a time)."""
     return bool(getattr(model, "scan_friendly", False))
+
+
+def check_kind(cfg: DictConfig, data: DataInfo, tc: TrainConfig) -> None:
+    """The model and options fit the kind of data (images, token ids, piano rolls)."""
+    check_tokens(cfg, data, tc)
+    check_rolls(cfg, data)
 
 
 def check_tokens(cfg: DictConfig, data: DataInfo, tc: TrainConfig) -> None:
