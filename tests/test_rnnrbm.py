@@ -14,7 +14,7 @@ import pytest
 from dlrun import models, train
 from dlrun.config.registry import build
 from dlrun.data import music
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, FileError
 from dlrun.models.objectives import OBJECTIVES
 from dlrun.models.rnnrbm import ais_log_partition, free_energy, frame_biases, generate
 from dlrun.train import sequences
@@ -204,6 +204,15 @@ def test_training_lowers_the_loss_and_writes_the_music(tmp_path):
     assert ticks and max(ticks) <= 16 * music.TICKS_PER_QUARTER  # 16 frames of a quarter note
     assert (run / "piano_rolls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run / "summary.json").read_text())["sequences"]["test_nll"] == seq["test_nll"]
+    # the finished run through dlrun-eval (its metrics on the test split) and dlrun-predict (refused)
+    from dlrun.cli.eval import evaluate
+    from dlrun.cli.inference import Model, load_run
+    from dlrun.cli.predict import classify
+    metrics, matrix, n = evaluate(Model(load_run(str(run))), "chorales", "test")
+    assert n == seq["test_pieces"] and matrix is None
+    assert metrics["loss"] == pytest.approx(records[-1]["test_loss"], rel=1e-5)
+    with pytest.raises(FileError, match="learnt no labels"):
+        classify(str(run), [str(run / "piano_rolls.png")])
 
 
 def test_a_stopped_run_resumes_bit_for_bit(tmp_path):

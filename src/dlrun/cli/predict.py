@@ -277,8 +277,8 @@ def classify(run_dir: str, inputs: list[str]):
     run = load_run(run_dir)
     no_labels = (f"{run.dir} is a model={run.model_name} run: it learnt no labels, so there is "
                  f"nothing to predict")
-    if run.config["model"]["name"] in ("autoencoder", "rbm"):
-        raise FileError(f"{no_labels}; `dlrun-eval {run.dir}` reports its reconstruction metrics")
+    if run.config["model"]["name"] in ("autoencoder", "rbm", "rnnrbm"):
+        raise FileError(f"{no_labels}; `dlrun-eval {run.dir}` reports its metrics")
     if run.data.kind == "tokens":
         from dlrun.runs import layout
         names, images = read_texts(inputs, run.info_dir / layout.VOCAB)
