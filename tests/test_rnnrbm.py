@@ -174,6 +174,18 @@ def test_generation_is_binary_seeded_and_of_the_asked_length():
     assert not np.array_equal(rolls[0], rolls[1])
 
 
+@pytest.mark.parametrize("override,fragment", [
+    ("model.k=0", "k and generate_steps"), ("model.hidden=0", "hidden and recurrent must be > 0"),
+    ("model.ais_betas=0", "ais_runs and ais_betas"), ("model.mean_field=0", "mean_field"),
+    ("dataset.step=0", "step must be > 0"), ("dataset.high=20", "low <= high"),
+    ("dataset.chunk=-1", "chunk must be >= 0"), ("dataset.pieces=2", "pieces must be >= 3"),
+    ("regularizer=[dropout]", "do not apply to the RNN-RBM"),
+])
+def test_bad_settings_are_refused_in_one_line(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        train.build_setup(compose("+experiment=dlt_rnnrbm", f"dataset.pieces={PIECES}", override))
+
+
 def test_rolls_and_the_rnnrbm_go_together():
     with pytest.raises(ConfigError, match="model=rnnrbm models sequences"):
         train.build_setup(compose("model=rnnrbm"))
@@ -216,7 +228,8 @@ def test_training_lowers_the_loss_and_writes_the_music(tmp_path):
 
 
 def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
-    whole = train.train_and_evaluate(quick("train.epochs=3", "model.samples=0"), str(tmp_path / "whole"))
+    whole = train.train_and_evaluate(quick("train.epochs=3", "model.samples=0"),
+                                     str(tmp_path / "whole"))
     train.train_and_evaluate(quick("train.epochs=2", "model.samples=0"), str(tmp_path / "part"))
     resumed = train.train_and_evaluate(quick("train.epochs=3", "model.samples=0"), str(tmp_path / "part"),
                                        train.Context(resume=True))

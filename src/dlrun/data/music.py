@@ -78,7 +78,8 @@ def chorale_names() -> list[str]:
 
 
 # ---- the cache ---------------------------------------------------------------------------------
-def read_chorales(step: float, pieces: Optional[int], cache_dir: Path) -> tuple[list[str], list[np.ndarray], dict]:
+def read_chorales(step: float, pieces: Optional[int],
+                  cache_dir: Path) -> tuple[list[str], list[np.ndarray], dict]:
     """(names, rolls (frames, 128) uint8, provenance) of the first `pieces` chorales (None: all),
     parsed once with music21 and then read from cache_dir/chorales/<key>.npz."""
     names = chorale_names()[:pieces]

@@ -167,7 +167,8 @@ def rnnrbm(hidden: int = 150, recurrent: int = 100, k: int = 15, mean_field: int
            *, num_classes: int, dropout: dict, input_shape: tuple) -> nn.Module:
     """The RNN-RBM on piano rolls (dataset=chorales); the generate_* and ais_* keys set what the
     run does at its end (dlrun.train.sequences)."""
-    require(hidden > 0 and recurrent > 0, f"hidden and recurrent must be > 0 (got {hidden}, {recurrent})")
+    require(hidden > 0 and recurrent > 0,
+            f"hidden and recurrent must be > 0 (got {hidden}, {recurrent})")
     require(k >= 1 and generate_steps >= 1, f"k and generate_steps (Gibbs steps) must be >= 1 "
                                             f"(got {k}, {generate_steps})")
     require(mean_field >= 1, f"mean_field (prediction updates) must be >= 1 (got {mean_field})")
