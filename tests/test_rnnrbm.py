@@ -50,6 +50,16 @@ def test_split_is_by_piece_fixed_and_disjoint():
     assert all(len(small[s]) == 1 for s in small)
 
 
+def test_transposing_to_c_moves_the_tonic_by_the_fewest_semitones():
+    roll = np.zeros((2, 128), np.uint8)
+    roll[0, [67, 71, 74]] = 1  # a G major chord
+    roll[1, [69, 72, 76]] = 1  # A minor
+    assert list(np.nonzero(music.to_c(roll, 7)[0])[0]) == [72, 76, 79]  # up 5: C major
+    assert list(np.nonzero(music.to_c(roll, 9)[1])[0]) == [72, 75, 79]  # up 3: C minor
+    assert list(np.nonzero(music.to_c(roll, 2)[0])[0]) == [65, 69, 72]  # D: down 2
+    assert np.array_equal(music.to_c(roll, 0), roll)
+
+
 def test_chunks_and_rows_pad_with_silence_and_label_lengths():
     roll = np.ones((250, 4), np.uint8)
     assert [len(c) for c in music.chunks(roll, 100)] == [100, 100, 50]
@@ -88,8 +98,9 @@ def midi_note_ticks(data: bytes) -> list[int]:
 
 
 def test_chorales_are_read_once_then_cached(tmp_path):
-    names, rolls, record = music.read_chorales(1.0, 4, tmp_path)
+    names, rolls, tonics, record = music.read_chorales(1.0, 4, tmp_path)
     assert len(rolls) == 4 and Path(record["cache"]).is_file()
+    assert names[0] == "bach/bwv269" and tonics[0] == 7  # G major
     assert all(r.dtype == np.uint8 and r.shape[1] == 128 and 2 <= r.sum(1).max() <= 4 for r in rolls)
     again = music.read_chorales(1.0, 4, tmp_path)[1]  # from the cache: no music21 parse
     assert all(np.array_equal(a, b) for a, b in zip(rolls, again))

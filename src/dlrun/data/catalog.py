@@ -232,6 +232,7 @@ class ChoralesConfig(DataConfig):
     low: int = 21
     high: int = 108
     chunk: int = 100
+    transpose: str = "none"
     pieces: Optional[int] = None
     cache_dir: Optional[str] = None
 
@@ -241,6 +242,7 @@ class ChoralesConfig(DataConfig):
         require(0 <= self.low <= self.high <= 127,
                 f"need 0 <= low <= high <= 127 (MIDI pitches; got {self.low}, {self.high})")
         require(self.chunk >= 0, f"chunk must be >= 0 frames (0 = whole pieces; got {self.chunk})")
+        require(self.transpose in ("none", "c"), f"transpose must be none or c (got '{self.transpose}')")
         require(self.pieces is None or self.pieces >= 3,
                 f"pieces must be >= 3 (one for each split) or null for all (got {self.pieces})")
         require(self.preprocess == "none" and not self.augment,
@@ -252,7 +254,7 @@ class ChoralesConfig(DataConfig):
 
     def load(self) -> Arrays:
         return _cached(music.chorale_arrays, (), self.step, self.low, self.high, self.chunk,
-                       self.pieces, str(sources.default_cache_dir(self.cache_dir)))
+                       self.pieces, str(sources.default_cache_dir(self.cache_dir)), self.transpose)
 
 
 @dataclass(frozen=True)

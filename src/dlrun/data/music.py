@@ -40,7 +40,7 @@ from dlrun.errors import DataError
 
 log = logging.getLogger("dlrun")
 
-CACHE_FORMAT = 1  # bump when the cached layout changes: old caches are then not reused
+CACHE_FORMAT = 2  # bump when the cached layout changes: old caches are then not reused
 SPLIT_FRACTIONS = (0.6, 0.2)  # train, validation; the rest is test
 TICKS_PER_QUARTER = 480
 MIDI_PITCHES = 128
@@ -58,13 +58,27 @@ def piano_roll(notes: Sequence[tuple[float, float, int]], step: float) -> np.nda
     return roll
 
 
-def chorale_notes(name: str) -> list[tuple[float, float, int]]:
+def chorale_notes(name: str) -> tuple[list[tuple[float, float, int]], int]:
     """The notes of music21's chorale `name` as (onset, duration, midi) in quarter notes, ties
-    merged, onsets from the first sounded note."""
+    merged, onsets from the first sounded note; and its tonic's pitch class (0 = C), from
+    music21's key analysis (Krumhansl-Schmuckler)."""
     from music21 import corpus
     score = corpus.parse(name).stripTies()
-    return [(float(n.offset), float(n.quarterLength), int(p.midi))
-            for n in score.flatten().notes for p in n.pitches]
+    notes = [(float(n.offset), float(n.quarterLength), int(p.midi))
+             for n in score.flatten().notes for p in n.pitches]
+    return notes, int(score.analyze("key").tonic.pitchClass)
+
+
+def to_c(roll: np.ndarray, tonic: int) -> np.ndarray:
+    """A (frames, 128) roll moved by the fewest semitones (-6..+5) that bring its tonic to C:
+    C major or C minor."""
+    shift = (-tonic + 6) % 12 - 6
+    out = np.zeros_like(roll)
+    if shift >= 0:
+        out[:, shift:] = roll[:, :roll.shape[1] - shift]
+    else:
+        out[:, :shift] = roll[:, -shift:]
+    return out
 
 
 def chorale_names() -> list[str]:
@@ -79,9 +93,10 @@ def chorale_names() -> list[str]:
 
 # ---- the cache ---------------------------------------------------------------------------------
 def read_chorales(step: float, pieces: Optional[int],
-                  cache_dir: Path) -> tuple[list[str], list[np.ndarray], dict]:
-    """(names, rolls (frames, 128) uint8, provenance) of the first `pieces` chorales (None: all),
-    parsed once with music21 and then read from cache_dir/chorales/<key>.npz."""
+                  cache_dir: Path) -> tuple[list[str], list[np.ndarray], np.ndarray, dict]:
+    """(names, rolls (frames, 128) uint8, tonics (pitch classes), provenance) of the first
+    `pieces` chorales (None: all), parsed once with music21, then read from
+    cache_dir/chorales/<key>.npz."""
     names = chorale_names()[:pieces]
     import music21
     key = hashlib.sha256(json.dumps([CACHE_FORMAT, music21.__version__, step, names]).encode()
@@ -91,35 +106,37 @@ def read_chorales(step: float, pieces: Optional[int],
               "pieces": len(names), "cache": str(path), "key": key}
     if path.is_file():
         with np.load(path) as z:
-            return names, np.split(z["frames"], z["offsets"][1:-1]), record
-    rolls = parse_all(names, step)
-    write_cache(path, rolls)
-    return names, rolls, record
+            return names, np.split(z["frames"], z["offsets"][1:-1]), z["tonics"], record
+    rolls, tonics = parse_all(names, step)
+    write_cache(path, rolls, tonics)
+    return names, rolls, tonics, record
 
 
-def parse_all(names: list[str], step: float) -> list[np.ndarray]:
-    """Every chorale's roll, with a progress line (about 0.15 s a piece)."""
+def parse_all(names: list[str], step: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every chorale's roll and tonic, with a progress line (about 0.15 s a piece)."""
     log.info("chorales: reading %d pieces with music21 (once; then cached)", len(names))
-    t0, rolls = time.perf_counter(), []
+    t0, rolls, tonics = time.perf_counter(), [], []
     for i, name in enumerate(names):
         try:
-            rolls.append(piano_roll(chorale_notes(name), step))
+            notes, tonic = chorale_notes(name)
+            rolls.append(piano_roll(notes, step))
+            tonics.append(tonic)
         except Exception as e:  # noqa: BLE001 - music21 raises many kinds on a bad score
             raise DataError(f"chorales: music21 could not read {name} ({type(e).__name__}: "
                             f"{one_line(e)})") from None
         progress(i + 1, len(names), t0, "reading chorales")
-    return rolls
+    return rolls, np.array(tonics, np.int8)
 
 
-def write_cache(path: Path, rolls: list[np.ndarray]) -> None:
-    """All rolls in one .npz (frames concatenated, offsets), written to a temporary file and
+def write_cache(path: Path, rolls: list[np.ndarray], tonics: np.ndarray) -> None:
+    """All rolls in one .npz (frames concatenated, offsets, tonics), written to a temporary file and
     renamed into place: complete or absent. The cache is dlrun's, never a user's file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.cumsum([0] + [len(r) for r in rolls])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, frames=np.concatenate(rolls), offsets=offsets)
+            np.savez(f, frames=np.concatenate(rolls), offsets=offsets, tonics=tonics)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -155,11 +172,14 @@ def as_rows(rolls: Sequence[np.ndarray], frames: int) -> tuple[np.ndarray, np.nd
 
 
 def chorale_arrays(step: float, low: int, high: int, chunk: int, pieces: Optional[int],
-                   cache_dir: str) -> Arrays:
+                   cache_dir: str, transpose: str = "none") -> Arrays:
     """dataset=chorales: the split pieces as rows over pitches low..high (notes outside that
-    range are dropped, with a warning). Training rows are chunks of `chunk` frames (0: whole
-    pieces); validation and test rows are whole pieces, padded to the split's longest."""
-    names, rolls, record = read_chorales(step, pieces, Path(cache_dir))
+    range are dropped, with a warning), each moved to C first with transpose="c". Training rows
+    are chunks of `chunk` frames (0: whole pieces); validation and test rows are whole pieces,
+    padded to the split's longest."""
+    names, rolls, tonics, record = read_chorales(step, pieces, Path(cache_dir))
+    if transpose == "c":
+        rolls = [to_c(r, int(t)) for r, t in zip(rolls, tonics)]
     outside = sum(int(r[:, :low].sum() + r[:, high + 1:].sum()) for r in rolls)
     if outside:
         log.warning("warning: chorales: %d note frames outside MIDI %d..%d dropped (widen "
@@ -171,7 +191,7 @@ def chorale_arrays(step: float, low: int, high: int, chunk: int, pieces: Optiona
     for split in ("val", "test"):
         held = [rolls[i] for i in parts[split]]
         rows[split] = as_rows(held, max(len(r) for r in held))
-    record = {**record, "step_quarter_notes": step, "pitches": [low, high],
+    record = {**record, "step_quarter_notes": step, "pitches": [low, high], "transpose": transpose,
               "pieces_per_split": {k: len(v) for k, v in parts.items()},
               "test_pieces": [names[i] for i in parts["test"]]}
     return Arrays(*rows["train"], *rows["test"], *rows["val"], num_classes=high - low + 1,
