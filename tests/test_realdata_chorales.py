@@ -26,9 +26,9 @@ def test_rnnrbm_on_the_chorales_beats_the_pitch_base_rates(dlrun):
     assert data["pieces"] == 371 and data["pieces_per_split"] == {"train": 223, "val": 74, "test": 74}
     seq = summary["sequences"]
     assert seq["test_frames"] == 3869
-    # the pitches' base rates (DLT's SGD preset after 200 epochs, or Adam after 10): 10.65-10.66
-    # nats per frame and 11.4 % accuracy; measured after 20 epochs of Adam: 9.46 and 15.8 %
-    assert seq["test_nll"] < 10.2
-    assert seq["test_acc"] > 0.13
-    assert summary["final"]["val_loss"] < 10.2  # measured 9.68 (mean-field cross-entropy)
+    # DLT's SGD preset after its 200 epochs, about the pitches' base rates: 10.85 nats per
+    # frame and 10.6 % accuracy; measured after 20 epochs of Adam: 8.57 and 18.9 %
+    assert seq["test_nll"] < 9.6
+    assert seq["test_acc"] > 0.16
+    assert summary["final"]["val_loss"] < 9.6  # measured 9.13 (mean-field cross-entropy)
     assert (run_dir / "samples" / "sample_1.mid").stat().st_size > 100

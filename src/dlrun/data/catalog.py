@@ -232,7 +232,7 @@ class ChoralesConfig(DataConfig):
     low: int = 21
     high: int = 108
     chunk: int = 100
-    transpose: str = "none"
+    transpose: str = "c"
     pieces: Optional[int] = None
     cache_dir: Optional[str] = None
 

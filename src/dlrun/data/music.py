@@ -172,7 +172,7 @@ def as_rows(rolls: Sequence[np.ndarray], frames: int) -> tuple[np.ndarray, np.nd
 
 
 def chorale_arrays(step: float, low: int, high: int, chunk: int, pieces: Optional[int],
-                   cache_dir: str, transpose: str = "none") -> Arrays:
+                   cache_dir: str, transpose: str = "c") -> Arrays:
     """dataset=chorales: the split pieces as rows over pitches low..high (notes outside that
     range are dropped, with a warning), each moved to C first with transpose="c". Training rows
     are chunks of `chunk` frames (0: whole pieces); validation and test rows are whole pieces,
