@@ -25,7 +25,8 @@ def main(run_dir: str, frames: int = 512) -> None:
     ds = json.loads((run / "run.json").read_text())["config"]["dataset"]
     params = load_arrays(run / "params.pkl")
     data = music.chorale_arrays(ds["step"], ds["low"], ds["high"], ds["chunk"], ds["pieces"],
-                                str(sources.default_cache_dir(ds["cache_dir"])))
+                                str(sources.default_cache_dir(ds["cache_dir"])),
+                                ds.get("transpose", "none"))  # runs before transpose: Bach's keys
     v, bv, bh = sequences.real_frames(params, data.x_test, data.y_test)
     rows = np.random.RandomState(0).choice(len(v), min(frames, len(v)), replace=False)
     for runs, betas in ((16, 100), (16, 1000), (64, 1000)):

@@ -1,8 +1,8 @@
 """Polyphonic music as binary piano rolls: the Bach chorales inside music21's wheel (JSB Chorales).
 
 The RNN-RBM paper (Boulanger-Lewandowski, Bengio & Vincent, ICML 2012) evaluates on JSB Chorales,
-Bach's four-part chorales as piano rolls at a quarter-note step over the 88 piano keys (MIDI
-21..108). music21 ships those chorales in MusicXML (`corpus.chorales.Iterator`: 371 of them);
+Bach's four-part chorales as piano rolls over the 88 piano keys (MIDI 21..108); the published
+files use a quarter-note step (docs/music.md: which step the paper's figures used). music21 ships those chorales in MusicXML (`corpus.chorales.Iterator`: 371 of them);
 `read_chorales` parses them once, turns each into a piano roll and caches the rolls under the
 dlrun cache directory, so later runs read one .npz (about 0.1 s instead of about a minute).
 
