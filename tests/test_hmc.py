@@ -13,7 +13,7 @@ from conftest import describe, run_dirs
 from test_plots import png_shape
 
 from dlrun import train
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, FileError
 from dlrun.models.energy import gaussian
 from dlrun.sampling import targets
 from dlrun.sampling.hmc import Adaptation, adapt_step, hmc, run_chains
@@ -49,6 +49,9 @@ def test_dlt_gaussian_test_with_its_own_counts(tmp_path):
         assert np.abs(flat.mean(0) - saved["mu"]).max() == pytest.approx(final["max_abs_mean_error"])
     assert json.loads((tmp_path / "summary.json").read_text())["final"] == final
     assert png_shape(tmp_path / "hmc_samples.png") and png_shape(tmp_path / "hmc_trace.png")
+    from dlrun.cli.inference import load_run  # dlrun-eval/-predict/-export: one line, no traceback
+    with pytest.raises(FileError, match="model=gaussian run .*: nothing was trained"):
+        load_run(tmp_path)
 
 
 def test_step_rule_matches_a_hand_computation():

@@ -85,6 +85,9 @@ def load_run(run_dir: str | Path, which: str = "final") -> FinishedRun:
         raise FileError(f"{run_dir} is not a directory; give a run directory, e.g. "
                         f"outputs/<date>/<time>-<id>")
     info_dir, config, info = run_info(run_dir)
+    if config.get("model", {}).get("name") == "gaussian":
+        raise FileError(f"{run_dir} is a model=gaussian run (HMC's target): nothing was trained; "
+                        f"its figures are in {run_dir / layout.SUMMARY}")
     if which == "final" and not (run_dir / layout.SUMMARY).is_file():
         from dlrun.runs.checkpoints import is_locked
         if is_locked(info_dir):
