@@ -26,7 +26,7 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -214,9 +214,23 @@ def read_image_folder(root: str, image_size: Optional[tuple[int, int]], channels
 
 
 def _list_images(root: Path) -> dict[str, dict[str, list[Path]]]:
+    def images_of(folder: Path) -> dict[str, list[Path]]:
+        by_class = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                    for d in sorted(folder.iterdir()) if d.is_dir()}
+        return {c: ps for c, ps in by_class.items() if ps}
+    return list_split_folders(root, "images", "*.png", images_of,
+                              f" ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def list_split_folders(root: Path, what: str, example: str,
+                       files_of: Callable[[Path], dict[str, list[Path]]],
+                       empty_hint: str = "") -> dict[str, dict[str, list[Path]]]:
+    """{split: {class: files}} of the folder-per-class layout root/{train,test[,val]}/<class>/
+    (image folders, texts), `files_of(split folder)` listing each split's classes and files;
+    DataError naming what is missing otherwise."""
     if not root.is_dir():
         raise DataError(f"dataset.root={root} is not a directory; give a folder with train/<class>/ "
-                        f"and test/<class>/ subfolders of images")
+                        f"and test/<class>/ subfolders of {what}")
     listing = {}
     for split in ("train", "val", "test"):
         folder = root / split
@@ -224,12 +238,10 @@ def _list_images(root: Path) -> dict[str, dict[str, list[Path]]]:
             if split == "val":
                 continue
             raise DataError(f"dataset.root={root} has no {split}/ folder; the layout is "
-                            f"root/train/<class>/*.png, root/test/<class>/*.png (val/ optional)")
-        by_class = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                    for d in sorted(folder.iterdir()) if d.is_dir()}
-        by_class = {c: ps for c, ps in by_class.items() if ps}
+                            f"root/train/<class>/{example}, root/test/<class>/{example} (val/ optional)")
+        by_class = files_of(folder)
         if not by_class:
-            raise DataError(f"{folder} holds no class folders with images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"{folder} holds no class folders with {what}{empty_hint}")
         listing[split] = by_class
     return listing
 

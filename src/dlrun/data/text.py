@@ -48,6 +48,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from dlrun.data import formats
 from dlrun.data.arrays import Arrays, check
 from dlrun.errors import DataError, FileError
 from dlrun.runs import layout
@@ -150,23 +151,9 @@ def encode_text(text: str, record: dict) -> np.ndarray:
 def list_texts(root: Path, classes: Optional[tuple[str, ...]]) -> dict[str, dict[str, list[Path]]]:
     """{split: {class: files}} of root/{train,test[,val]}/<class>/; `classes` fixed (imdb: its
     *.txt in neg/ and pos/) or None (every non-hidden file of every class folder)."""
-    if not root.is_dir():
-        raise DataError(f"dataset.root={root} is not a directory; give a folder with train/<class>/ "
-                        f"and test/<class>/ subfolders of text files")
-    listing = {}
-    for split in ("train", "val", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            if split == "val":
-                continue
-            raise DataError(f"dataset.root={root} has no {split}/ folder; the layout is "
-                            f"root/train/<class>/<file>, root/test/<class>/<file>")
-        by_class = class_files(folder, classes)
-        if not by_class:
-            raise DataError(f"{folder} holds no class folders with text files"
-                            + (f" ({', '.join(c + '/*.txt' for c in classes)})" if classes else ""))
-        listing[split] = by_class
-    return listing
+    hint = f" ({', '.join(c + '/*.txt' for c in classes)})" if classes else ""
+    return formats.list_split_folders(root, "text files", "<file>",
+                                      lambda folder: class_files(folder, classes), hint)
 
 
 def class_files(folder: Path, classes: Optional[tuple[str, ...]]) -> dict[str, list[Path]]:
